@@ -1,0 +1,206 @@
+"""Typed experiment configuration.
+
+A `Config` is a tree of frozen dataclasses. Experiments live in `configs/*.py` as
+`get_config() -> Config`; the command line overrides single fields with
+`--set section.field=value`, coerced by the field's type. Unknown keys and values
+that do not parse as the field's type are rejected with a `ConfigError` that names them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A config key or value that cannot be used."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    name: str = "ml-1m-sasrec"  # registry entry: ml-1m | ml-1m-sasrec | file | synthetic
+    path: str = ""  # `file`: the delimited file to read; other entries: optional explicit local copy
+    data_dir: str = ""  # folder of local copies; "" = $JAXREC_DATA, else ../shared/data if it exists
+    cache_dir: str = ""  # where downloads go; "" = $JAXREC_CACHE, else ~/.cache/jaxrec
+    user_col: str = "user_id"  # `file`: name of the user column in the header
+    item_col: str = "item_id"  # `file`: name of the item column in the header
+    time_col: str = "timestamp"  # `file`: name of the timestamp column ("" = file order)
+    delimiter: str = ""  # `file`: field separator; "" = from the extension (.csv ',', else tab)
+    min_user_interactions: int = 0  # k-core: drop users with fewer interactions (0 = keep all)
+    min_item_interactions: int = 0  # k-core: drop items with fewer interactions (0 = keep all)
+    synthetic_users: int = 2000  # `synthetic`: number of users
+    synthetic_items: int = 500  # `synthetic`: number of items
+    synthetic_mean_length: int = 40  # `synthetic`: mean interactions per user
+    seed: int = 0  # `synthetic` generator seed, and the seed of evaluation negatives
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    name: str = "sasrec"  # model registry entry
+    max_len: int = 200  # history length fed to the model (left padded)
+    hidden: int = 50  # embedding and hidden width
+    num_blocks: int = 2  # transformer blocks
+    num_heads: int = 1  # attention heads
+    dropout: float = 0.2  # dropout rate on embeddings, attention weights and feed-forward
+    attention: str = "auto"  # attention implementation: auto | xla | reference (see jaxrec.layers.attention)
+    shared_output_embedding: bool = True  # False: a separate output item table (SASRec ablation)
+    loss: str = "bce"  # training loss: bce (one uniform negative per position)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    num_epochs: int = 200  # passes over the users (one sequence per user per epoch)
+    batch_size: int = 128  # sequences per step
+    learning_rate: float = 1e-3  # Adam learning rate
+    adam_b1: float = 0.9  # Adam beta1
+    adam_b2: float = 0.98  # Adam beta2 (SASRec uses 0.98)
+    weight_decay: float = 0.0  # L2 on parameters via optax.add_decayed_weights (0 = off)
+    seed: int = 42  # parameter init, dropout, data order and negatives
+    length_buckets: str = "auto"  # static sequence lengths batches are padded to: auto | none | comma list
+    log_every: int = 50  # steps between progress updates
+    max_train_seconds: float = 0.0  # wall-clock cap on training (0 = none); stops at an epoch end
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    every_epochs: int = 20  # validate every N epochs (and after the last)
+    batch_size: int = 512  # users per evaluation batch
+    num_negatives: int = 100  # sampled protocol: uniform negatives the user never interacted with
+    ks: tuple[int, ...] = (1, 5, 10, 20)  # cut-offs for HR@K and NDCG@K ("1,5,10" on the command line)
+    select_metric: str = "valid/ndcg@10_full"  # metric that picks the best checkpoint (higher is better)
+    full_ranking: bool = True  # also rank the target against the whole catalogue
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+
+
+def _coerce(value: str, field_type: Any, key: str) -> Any:
+    """Parses the command-line string `value` as `field_type`."""
+    if field_type is bool:
+        lowered = value.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{key}: expected a boolean (true/false), got {value!r}")
+    if field_type in (int, float):
+        try:
+            return field_type(value)
+        except ValueError:
+            raise ConfigError(
+                f"{key}: expected {field_type.__name__}, got {value!r}"
+            ) from None
+    if field_type is str:
+        return value
+    if field_type == tuple[int, ...]:
+        return parse_ks(value, key)
+    raise ConfigError(f"{key}: fields of type {field_type} cannot be set from the command line")
+
+
+def _field_types(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def override(cfg: Config, key: str, value: str) -> Config:
+    """Returns `cfg` with `section.field` set to `value` (a string, coerced by type)."""
+    parts = key.split(".")
+    if len(parts) != 2:
+        raise ConfigError(f"config key {key!r}: expected section.field, e.g. train.num_epochs")
+    section_name, field_name = parts
+    section_types = _field_types(Config)
+    if section_name not in section_types:
+        raise ConfigError(
+            f"unknown config section {section_name!r} in {key!r}; known: {', '.join(section_types)}"
+        )
+    section = getattr(cfg, section_name)
+    types_ = _field_types(type(section))
+    if field_name not in types_:
+        raise ConfigError(
+            f"unknown config key {key!r}; known in {section_name}: {', '.join(types_)}"
+        )
+    new_value = _coerce(value, types_[field_name], key)
+    return dataclasses.replace(cfg, **{section_name: dataclasses.replace(section, **{field_name: new_value})})
+
+
+def apply_overrides(cfg: Config, assignments: list[str]) -> Config:
+    """Applies `key=value` strings in order."""
+    for assignment in assignments:
+        if "=" not in assignment:
+            raise ConfigError(f"--set {assignment!r}: expected key=value")
+        key, value = assignment.split("=", 1)
+        cfg = override(cfg, key.strip(), value)
+    return cfg
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(d: dict[str, Any]) -> Config:
+    """Rebuilds a Config from `to_dict` output; unknown keys are errors."""
+    sections = {}
+    for name, cls in _field_types(Config).items():
+        raw = dict(d.get(name, {}))
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(raw) - known
+        if unknown:
+            raise ConfigError(f"unknown config keys in {name}: {', '.join(sorted(unknown))}")
+        for key, value in raw.items():
+            if isinstance(value, list):  # JSON has no tuples
+                raw[key] = tuple(value)
+        sections[name] = cls(**raw)
+    unknown_sections = set(d) - set(sections)
+    if unknown_sections:
+        raise ConfigError(f"unknown config sections: {', '.join(sorted(unknown_sections))}")
+    return Config(**sections)
+
+
+def to_json(cfg: Config) -> str:
+    return json.dumps(to_dict(cfg), indent=2, sort_keys=True)
+
+
+def parse_ks(ks: str, key: str = "eval.ks") -> tuple[int, ...]:
+    try:
+        values = tuple(sorted({int(k) for k in ks.split(",") if k.strip()}))
+    except ValueError:
+        raise ConfigError(f"{key}: expected comma-separated integers, got {ks!r}") from None
+    if not values or min(values) < 1:
+        raise ConfigError(f"{key}: expected positive integers, got {ks!r}")
+    return values
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field and range checks; raises ConfigError naming the offending key."""
+    checks = [
+        (cfg.model.max_len >= 2, "model.max_len must be >= 2"),
+        (cfg.model.hidden >= 1, "model.hidden must be >= 1"),
+        (cfg.model.num_blocks >= 1, "model.num_blocks must be >= 1"),
+        (cfg.model.num_heads >= 1, "model.num_heads must be >= 1"),
+        (cfg.model.hidden % cfg.model.num_heads == 0, "model.hidden must be divisible by model.num_heads"),
+        (0.0 <= cfg.model.dropout < 1.0, "model.dropout must be in [0, 1)"),
+        (cfg.train.num_epochs >= 1, "train.num_epochs must be >= 1"),
+        (cfg.train.batch_size >= 1, "train.batch_size must be >= 1"),
+        (cfg.train.learning_rate > 0, "train.learning_rate must be > 0"),
+        (cfg.eval.every_epochs >= 1, "eval.every_epochs must be >= 1"),
+        (cfg.eval.batch_size >= 1, "eval.batch_size must be >= 1"),
+        (cfg.eval.num_negatives >= 1, "eval.num_negatives must be >= 1"),
+        (cfg.data.min_user_interactions >= 0, "data.min_user_interactions must be >= 0"),
+        (cfg.data.min_item_interactions >= 0, "data.min_item_interactions must be >= 0"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+    if not cfg.eval.ks or min(cfg.eval.ks) < 1:
+        raise ConfigError(f"eval.ks must be positive integers, got {cfg.eval.ks!r}")
+    if cfg.eval.select_metric.split("/")[0] != "valid":
+        raise ConfigError(
+            f"eval.select_metric must be a valid/ metric (never select on test), got {cfg.eval.select_metric!r}"
+        )
+

@@ -1,0 +1,253 @@
+"""Dataset registry, local copies and a verified download cache.
+
+`load_dataset(cfg.data)` resolves a registry entry to an interaction log, applies the
+k-core filter from the config and returns dense sequences. Local copies come first
+(`data.path`, then `data.data_dir` / $JAXREC_DATA / ../shared/data); otherwise the file is
+downloaded once into the cache (`data.cache_dir` / $JAXREC_CACHE / ~/.cache/jaxrec) and
+checked against a pinned digest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import logging
+import os
+import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+from jaxrec.config import DataConfig
+from jaxrec.data.preprocess import kcore_filter, to_sequences
+from jaxrec.data.readers import (
+    read_delimited,
+    read_movielens_genres,
+    read_movielens_ratings,
+    read_sasrec_pairs,
+)
+from jaxrec.data.synthetic import generate_interactions
+from jaxrec.data.types import DataError, Interactions, SequenceDataset
+
+log = logging.getLogger(__name__)
+
+SASREC_ML1M_URL = "https://raw.githubusercontent.com/kang205/SASRec/master/data/ml-1m.txt"
+# sha256 of kang205/SASRec data/ml-1m.txt (git blob 9ab8e3edb8742f8d8cc4911e3dee25e82a6fcc24).
+SASREC_ML1M_CHECKSUM = ("sha256", "b725f3acb3986fe3130bffd1e77a74d182a1f51799567a236dbd60270f95b0a2")
+ML1M_URL = "https://files.grouplens.org/datasets/movielens/ml-1m.zip"
+ML1M_CHECKSUM = ("md5", "c4d9eecfca2ab87c1945afe126590906")  # published by GroupLens
+
+RawGenres = dict[int, list[str]] | None
+Loader = Callable[[DataConfig], tuple[Interactions, RawGenres]]
+
+
+def default_data_dir(cfg_data_dir: str) -> str | None:
+    """The folder of local dataset copies: the config value, $JAXREC_DATA, or ../shared/data."""
+    if cfg_data_dir:
+        return cfg_data_dir
+    if os.environ.get("JAXREC_DATA"):
+        return os.environ["JAXREC_DATA"]
+    shared = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
+    return str(shared.resolve()) if shared.is_dir() else None
+
+
+def default_cache_dir(cfg_cache_dir: str) -> Path:
+    """The download cache: the config value, $JAXREC_CACHE, or ~/.cache/jaxrec."""
+    chosen = cfg_cache_dir or os.environ.get("JAXREC_CACHE") or "~/.cache/jaxrec"
+    return Path(chosen).expanduser()
+
+
+def _new_hash(algorithm: str):
+    # An integrity check, not security: lets md5 work on FIPS-restricted Pythons too.
+    return hashlib.new(algorithm, usedforsecurity=False)
+
+
+def _digest(path: Path, algorithm: str) -> str:
+    h = _new_hash(algorithm)
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def fetch(url: str, checksum: tuple[str, str], cache_dir: str | os.PathLike = "", hint: str = "") -> Path:
+    """Returns the cached copy of `url`, downloading it first if needed.
+
+    The download goes to a temporary file in the cache and is renamed into place only once
+    its digest matches, so the cache never holds a partial or wrong file. A cached file is
+    verified again on every call.
+
+    Args:
+        url: http(s) or file URL; the cached file is named after its last path segment.
+        checksum: (algorithm, hex digest), e.g. ("sha256", "b725...").
+        cache_dir: cache folder; "" = $JAXREC_CACHE, else ~/.cache/jaxrec.
+        hint: how to provide a local copy instead, appended to network errors.
+
+    Returns:
+        Path of the verified file in the cache.
+
+    Raises:
+        DataError: unknown algorithm, digest mismatch, or the URL could not be fetched.
+    """
+    algorithm, expected = checksum[0].lower(), checksum[1].lower()
+    if algorithm not in hashlib.algorithms_available:
+        raise DataError(f"{url}: unknown checksum algorithm {checksum[0]!r}")
+    cache = default_cache_dir(str(cache_dir))
+    target = cache / (Path(urllib.parse.urlparse(url).path).name or "download")
+    if target.exists():
+        actual = _digest(target, algorithm)
+        if actual != expected:
+            raise DataError(
+                f"{target}: cached copy of {url} has {algorithm} {actual}, expected {expected}; "
+                "delete it to download again"
+            )
+        return target
+    hint = hint or "Without network access, put a local copy under $JAXREC_DATA or set data.path."
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=cache, prefix=f".{target.name}.", suffix=".part")
+    except OSError as exc:
+        raise DataError(f"cannot write to the download cache {cache}: {exc}") from None
+    tmp = Path(tmp_name)
+    try:
+        h = _new_hash(algorithm)
+        log.info("downloading %s to %s", url, target)
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
+            while chunk := response.read(1 << 20):
+                h.update(chunk)
+                out.write(chunk)
+        actual = h.hexdigest()
+        if actual != expected:
+            raise DataError(f"{url}: downloaded file has {algorithm} {actual}, expected {expected}; not cached")
+        os.replace(tmp, target)
+    except (OSError, http.client.HTTPException) as exc:  # URLError is an OSError
+        reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+        raise DataError(f"could not fetch {url} ({reason}). {hint}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
+
+
+def _first_existing(*paths: Path | None) -> Path | None:
+    return next((p for p in paths if p is not None and p.is_file()), None)
+
+
+def _sasrec_genres(path: Path, data_dir: str | None) -> RawGenres:
+    """SASRec item id -> ML-1M genres, when the id map and movies.dat are at hand (best effort)."""
+    shared = Path(data_dir) if data_dir else None
+    id_map = _first_existing(
+        path.parent / "ml-1m_sas_to_original_items.txt",
+        shared / "sasrec-format" / "ml-1m_sas_to_original_items.txt" if shared else None,
+    )
+    movies = _first_existing(
+        id_map.parent.parent / "ml-1m" / "movies.dat" if id_map else None,
+        shared / "ml-1m" / "movies.dat" if shared else None,
+    )
+    if id_map is None or movies is None:
+        return None
+    try:
+        mapping = read_sasrec_pairs(id_map)  # `sas_id original_id` lines
+        movie_genres = read_movielens_genres(movies)
+    except DataError as exc:
+        log.warning("ml-1m-sasrec: genres not attached: %s", exc)
+        return None
+    return {
+        sas: movie_genres[orig]
+        for sas, orig in zip(mapping.user.tolist(), mapping.item.tolist(), strict=True)
+        if orig in movie_genres
+    }
+
+
+def _load_ml1m_sasrec(cfg: DataConfig) -> tuple[Interactions, RawGenres]:
+    data_dir = default_data_dir(cfg.data_dir)
+    if cfg.path:
+        path = Path(cfg.path)  # an explicit copy that is missing is an error, not a download
+    else:
+        local = [Path(data_dir) / "sasrec-format" / "ml-1m.txt", Path(data_dir) / "ml-1m.txt"] if data_dir else []
+        path = _first_existing(*local) or fetch(
+            SASREC_ML1M_URL,
+            SASREC_ML1M_CHECKSUM,
+            cfg.cache_dir,
+            hint="Put SASRec's ml-1m.txt in <data_dir>/sasrec-format/ ($JAXREC_DATA or data.data_dir) "
+            "or set data.path to it.",
+        )
+    return read_sasrec_pairs(path), _sasrec_genres(path, data_dir)
+
+
+def _extract(archive: Path, member: str, target: Path) -> Path:
+    """Extracts one zip member to `target` through a temporary file (no partial files)."""
+    if target.is_file():
+        return target
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            data = zf.read(member)
+    except (zipfile.BadZipFile, KeyError, OSError) as exc:
+        raise DataError(f"{archive}: cannot extract {member}: {exc}") from None
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        os.replace(tmp, target)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return target
+
+
+def _load_ml1m(cfg: DataConfig) -> tuple[Interactions, RawGenres]:
+    data_dir = default_data_dir(cfg.data_dir)
+    shared = Path(data_dir) / "ml-1m" if data_dir else None
+    if cfg.path:
+        ratings = Path(cfg.path)
+    else:
+        ratings = _first_existing(shared / "ratings.dat" if shared else None)
+    if ratings is None:
+        archive = fetch(
+            ML1M_URL,
+            ML1M_CHECKSUM,
+            cfg.cache_dir,
+            hint="Put the GroupLens ml-1m ratings.dat (and movies.dat) in <data_dir>/ml-1m/ "
+            "($JAXREC_DATA or data.data_dir) or set data.path to ratings.dat.",
+        )
+        unpacked = archive.parent / "ml-1m"
+        ratings = _extract(archive, "ml-1m/ratings.dat", unpacked / "ratings.dat")
+        _extract(archive, "ml-1m/movies.dat", unpacked / "movies.dat")
+    movies = _first_existing(ratings.parent / "movies.dat", shared / "movies.dat" if shared else None)
+    return read_movielens_ratings(ratings), read_movielens_genres(movies) if movies else None
+
+
+def _load_file(cfg: DataConfig) -> tuple[Interactions, RawGenres]:
+    if not cfg.path:
+        raise DataError("data.name='file' needs data.path: the CSV/TSV file to read")
+    return read_delimited(cfg.path, cfg.user_col, cfg.item_col, cfg.time_col, cfg.delimiter), None
+
+
+def _load_synthetic(cfg: DataConfig) -> tuple[Interactions, RawGenres]:
+    return generate_interactions(cfg.synthetic_users, cfg.synthetic_items, cfg.synthetic_mean_length, cfg.seed)
+
+
+REGISTRY: dict[str, Loader] = {
+    "ml-1m-sasrec": _load_ml1m_sasrec,
+    "ml-1m": _load_ml1m,
+    "file": _load_file,
+    "synthetic": _load_synthetic,
+}
+
+
+def load_dataset(cfg: DataConfig) -> SequenceDataset:
+    """Loads the registry entry `cfg.name`, k-core filters it and builds sequences.
+
+    Raises:
+        DataError: unknown name, missing or malformed files, failed download, or a filter
+            that leaves nothing.
+    """
+    loader = REGISTRY.get(cfg.name)
+    if loader is None:
+        raise DataError(f"unknown dataset {cfg.name!r} (data.name); known: {', '.join(REGISTRY)}")
+    inter, genres = loader(cfg)
+    inter = kcore_filter(inter, cfg.min_user_interactions, cfg.min_item_interactions)
+    name = Path(cfg.path).stem if cfg.name == "file" else cfg.name
+    return to_sequences(inter, name, raw_item_genres=genres)

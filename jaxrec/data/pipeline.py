@@ -1,0 +1,153 @@
+"""grain input pipelines: fixed-shape, left-padded training batches and evaluation batches.
+
+Batch keys (all int32):
+  inputs_BxL     item history, left padded with 0
+  positives_BxL  next item at each position (0 = no target: padding)
+  negatives_BxL  one item per position drawn uniformly from items outside the user's training history
+
+Batches are padded to one of a few static lengths ("length buckets"), each compiled once: users
+are grouped by history length so a batch of short histories is not padded to max_len. Because
+positions are aligned to the end of the window (see SASRec.encode), a bucketed batch computes
+what the same batch padded to max_len would; only the grouping of users into batches changes.
+Every batch is a pure function of (seed, step), so training resumes with the same data order.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import grain
+import numpy as np
+
+
+def parse_buckets(spec: str, max_len: int) -> tuple[int, ...]:
+    """Static batch lengths: 'auto' (quarters of max_len, multiples of 8), 'none', or '32,64,200'."""
+    if spec == "none":
+        return (max_len,)
+    if spec == "auto":
+        lengths = {min(max_len, -(-max_len * q // 4 // 8) * 8) for q in (1, 2, 3)} | {max_len}
+    else:
+        try:
+            lengths = {int(x) for x in spec.split(",") if x.strip()}
+        except ValueError:
+            raise ValueError(f"train.length_buckets: expected auto, none or integers, got {spec!r}") from None
+        if not lengths or min(lengths) < 1:
+            raise ValueError(f"train.length_buckets: lengths must be positive, got {spec!r}")
+        lengths = {min(x, max_len) for x in lengths} | {max_len}
+    return tuple(sorted(lengths))
+
+
+def bucket_of(lengths: np.ndarray, buckets: tuple[int, ...]) -> np.ndarray:
+    """Index of the smallest bucket that holds each length."""
+    return np.searchsorted(np.asarray(buckets), np.minimum(lengths, buckets[-1]), side="left")
+
+
+def left_pad(seqs: list[np.ndarray], length: int) -> np.ndarray:
+    """Last `length` items of each sequence, left padded with 0: len(seqs) x length int32."""
+    out = np.zeros((len(seqs), length), np.int32)
+    for row, seq in enumerate(seqs):
+        tail = seq[-length:]
+        if len(tail):
+            out[row, length - len(tail) :] = tail
+    return out
+
+
+def sample_negatives(rng: np.random.Generator, exclude_sorted: np.ndarray, num_items: int, shape) -> np.ndarray:
+    """Uniform items in 1..num_items not in `exclude_sorted` (rejection sampling, vectorised)."""
+    out = rng.integers(1, num_items + 1, size=shape, dtype=np.int32)
+    if len(exclude_sorted) >= num_items:
+        return out  # nothing to exclude from: the user saw the whole catalogue
+    while True:
+        pos = np.searchsorted(exclude_sorted, out)
+        bad = exclude_sorted[np.minimum(pos, len(exclude_sorted) - 1)] == out
+        if not bad.any():
+            return out
+        out[bad] = rng.integers(1, num_items + 1, size=int(bad.sum()), dtype=np.int32)
+
+
+class TrainBatches:
+    """Random-access plan of SASRec-style training batches, one sequence per user per epoch."""
+
+    def __init__(self, train_seqs: list[np.ndarray], num_items: int, max_len: int, batch_size: int,
+                 buckets: tuple[int, ...], seed: int):
+        self.users = np.array([u for u, s in enumerate(train_seqs) if len(s) >= 2], np.int64)
+        if len(self.users) == 0:
+            raise ValueError("no user has two or more training interactions: nothing to train on")
+        self.train_seqs = train_seqs
+        self.exclude = [np.unique(s) for s in train_seqs]
+        self.num_items = num_items
+        self.max_len = max_len
+        self.batch_size = batch_size
+        self.buckets = buckets
+        self.seed = seed
+        pair_lengths = np.array([len(train_seqs[u]) - 1 for u in self.users])
+        self.user_bucket = bucket_of(pair_lengths, buckets)
+        counts = np.bincount(self.user_bucket, minlength=len(buckets))
+        self.steps_per_epoch = int(sum(-(-c // batch_size) for c in counts))
+        self.padding_fraction = 1.0 - pair_lengths.clip(max=max_len).sum() / float(
+            sum(counts[b] * buckets[b] for b in range(len(buckets)))
+        )
+
+    @functools.lru_cache(maxsize=2)
+    def epoch_plan(self, epoch: int) -> list[tuple[int, np.ndarray]]:
+        """(bucket length, users) of every batch of `epoch`, in training order."""
+        rng = np.random.default_rng([self.seed, epoch, 0])
+        order = rng.permutation(len(self.users))
+        plan = []
+        for b, length in enumerate(self.buckets):
+            members = self.users[order[self.user_bucket[order] == b]]
+            for start in range(0, len(members), self.batch_size):
+                plan.append((length, members[start : start + self.batch_size]))
+        return [plan[i] for i in rng.permutation(len(plan))]
+
+    def __call__(self, step: int) -> dict[str, np.ndarray]:
+        length, users = self.epoch_plan(step // self.steps_per_epoch)[step % self.steps_per_epoch]
+        rng = np.random.default_rng([self.seed, step, 1])
+        shape = (self.batch_size, length)
+        batch = {k: np.zeros(shape, np.int32) for k in ("inputs_BxL", "positives_BxL", "negatives_BxL")}
+        # Rows past len(users) stay all-zero: the epoch's last batch of a bucket is padded, not dropped.
+        batch["inputs_BxL"][: len(users)] = left_pad([self.train_seqs[u][:-1] for u in users], length)
+        batch["positives_BxL"][: len(users)] = left_pad([self.train_seqs[u][1:] for u in users], length)
+        for row, u in enumerate(users):
+            valid = batch["positives_BxL"][row] > 0
+            batch["negatives_BxL"][row, valid] = sample_negatives(
+                rng, self.exclude[u], self.num_items, int(valid.sum())
+            )
+        return batch
+
+
+def train_iterator(plan: TrainBatches, start_step: int, num_steps: int, prefetch: int = 4):
+    """A prefetching grain iterator over steps [start_step, num_steps) of `plan`."""
+    dataset = grain.MapDataset.range(num_steps).map(plan)[start_step:]
+    # One host thread builds batches ahead of the step; the other core stays with XLA.
+    return iter(dataset.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=prefetch)))
+
+
+def eval_batches(inputs: list[np.ndarray], targets: np.ndarray, negatives: np.ndarray,
+                 histories: list[np.ndarray], max_len: int, batch_size: int,
+                 buckets: tuple[int, ...]) -> list[dict[str, np.ndarray]]:
+    """Evaluation batches over users with a target, grouped by history length.
+
+    Keys: inputs_BxL, targets_B, negatives_BxN, history_BxH (items excluded from full ranking,
+    padded with 0 to the longest history), weight_B (1 for real rows, 0 for padding rows).
+    """
+    users = np.flatnonzero(targets > 0)
+    if len(users) == 0:
+        raise ValueError("no user has a target to evaluate (every user has fewer than 3 interactions)")
+    lengths = np.array([min(len(inputs[u]), max_len) for u in users])
+    users = users[np.argsort(lengths, kind="stable")]
+    width = max(1, max(len(h) for h in histories))
+    batches = []
+    for start in range(0, len(users), batch_size):
+        chunk = users[start : start + batch_size]
+        length = buckets[bucket_of(np.array([max(len(inputs[u]) for u in chunk)]), buckets)[0]]
+        pad = batch_size - len(chunk)
+        rows = list(chunk) + [chunk[0]] * pad
+        batches.append({
+            "inputs_BxL": left_pad([inputs[u] for u in rows], length),
+            "targets_B": targets[rows].astype(np.int32),
+            "negatives_BxN": negatives[rows].astype(np.int32),
+            "history_BxH": left_pad([histories[u] for u in rows], width),
+            "weight_B": np.r_[np.ones(len(chunk)), np.zeros(pad)].astype(np.float32),
+        })
+    return batches

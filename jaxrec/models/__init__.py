@@ -1,0 +1,16 @@
+"""Model registry: name -> Linen module class taking (config, num_items)."""
+
+from jaxrec.models.sasrec import SASRec, vocab_rows
+
+MODELS = {"sasrec": SASRec}
+
+
+def build_model(config, num_items: int):
+    try:
+        cls = MODELS[config.name]
+    except KeyError:
+        raise ValueError(f"unknown model {config.name!r}; known: {', '.join(MODELS)}") from None
+    return cls(config=config, num_items=num_items)
+
+
+__all__ = ["MODELS", "SASRec", "build_model", "vocab_rows"]

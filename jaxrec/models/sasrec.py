@@ -1,0 +1,78 @@
+"""SASRec (Kang & McAuley, ICDM 2018): a causal self-attentive sequential recommender.
+
+Legend: B batch, L history length (left padded, id 0), D hidden, V rows of the item table.
+
+Faithful to the paper and its reference code: item embeddings scaled by sqrt(D) plus learned
+positions, embedding dropout, `num_blocks` blocks of [LayerNorm -> causal self-attention ->
+residual onto the normalised queries -> LayerNorm -> point-wise feed-forward with residual],
+padding rows zeroed after every block, and a final LayerNorm. Scores are dot products with the
+input item table (shared), or with a separate output table (the paper's ablation).
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from jaxrec.config import ModelConfig
+from jaxrec.layers.attention import causal_padding_mask
+from jaxrec.layers.dropout import Dropout
+from jaxrec.layers.transformer import PointWiseFeedForward, SelfAttention, layer_norm
+
+embed_init = nn.initializers.xavier_uniform()
+
+
+def vocab_rows(num_items: int, multiple: int = 128) -> int:
+    """Rows of the item table: ids 0..num_items, padded up to `multiple` (padding rows never score)."""
+    return -(-(num_items + 1) // multiple) * multiple
+
+
+class SASRec(nn.Module):
+    config: ModelConfig
+    num_items: int
+
+    def setup(self):
+        cfg = self.config
+        rows = vocab_rows(self.num_items)
+        self.item_embedding = self.param("item_embedding", embed_init, (rows, cfg.hidden))
+        if not cfg.shared_output_embedding:
+            self.output_embedding = self.param("output_embedding", embed_init, (rows, cfg.hidden))
+        self.position_embedding = self.param("position_embedding", embed_init, (cfg.max_len, cfg.hidden))
+        self.embed_dropout = Dropout(cfg.dropout)
+        self.attention_norms = [layer_norm(f"attention_norm_{i}") for i in range(cfg.num_blocks)]
+        self.attentions = [
+            SelfAttention(cfg.num_heads, cfg.dropout, cfg.attention, name=f"attention_{i}")
+            for i in range(cfg.num_blocks)
+        ]
+        self.ffn_norms = [layer_norm(f"ffn_norm_{i}") for i in range(cfg.num_blocks)]
+        self.ffns = [PointWiseFeedForward(cfg.dropout, name=f"ffn_{i}") for i in range(cfg.num_blocks)]
+        self.final_norm = layer_norm("final_norm")
+
+    def encode(self, item_ids_BxL, *, deterministic: bool = True):
+        """Hidden state after each position of the history: BxLxD (zeros at padding).
+
+        L may be shorter than max_len (length buckets): positions are aligned to the end, so a
+        bucketed batch computes exactly what the same batch padded to max_len would.
+        """
+        cfg = self.config
+        length = item_ids_BxL.shape[1]
+        if length > cfg.max_len:
+            raise ValueError(f"history length {length} exceeds model.max_len={cfg.max_len}")
+        valid_BxL = item_ids_BxL > 0
+        keep_BxLx1 = valid_BxL[..., None].astype(jnp.float32)
+        x = self.item_embedding[item_ids_BxL] * (cfg.hidden**0.5)
+        x = x + self.position_embedding[cfg.max_len - length :][None]
+        x = self.embed_dropout(x, deterministic=deterministic) * keep_BxLx1
+        mask_BxLxL = causal_padding_mask(valid_BxL, causal=True)
+        for norm, attn, ffn_norm, ffn in zip(self.attention_norms, self.attentions, self.ffn_norms, self.ffns):
+            q = norm(x)
+            x = q + attn(q, x, mask_BxLxL, deterministic=deterministic)
+            x = ffn(ffn_norm(x), deterministic=deterministic) * keep_BxLx1
+        return self.final_norm(x) * keep_BxLx1
+
+    def output_table(self):
+        """VxD table that scores items: h . table[item]."""
+        return self.item_embedding if self.config.shared_output_embedding else self.output_embedding
+
+    def __call__(self, item_ids_BxL, *, deterministic: bool = True):
+        return self.encode(item_ids_BxL, deterministic=deterministic), self.output_table()

@@ -1,0 +1,143 @@
+"""The training loop: data, compile, train, validate, checkpoint, test the best checkpoint.
+
+The host never waits on a step to dispatch the next one: losses stay on device and are read
+once per epoch (and at progress updates), and every bucket's step is compiled ahead of the loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from jaxrec import config as config_lib
+from jaxrec import run_dir
+from jaxrec.checkpoint import RunCheckpoints
+from jaxrec.data import leave_one_out, load_dataset, sample_eval_negatives
+from jaxrec.data.pipeline import TrainBatches, parse_buckets, train_iterator
+from jaxrec.evaluation import LeaveOneOutEvaluator
+from jaxrec.models import build_model
+from jaxrec.progress import Progress
+from jaxrec.train_step import init_state, make_optimizer, make_train_step
+
+log = logging.getLogger("jaxrec")
+
+
+class TrainingDiverged(RuntimeError):
+    pass
+
+
+def compile_train_steps(train_step, state, plan: TrainBatches):
+    """AOT-compiles the step once per bucket length; returns ({length: compiled}, seconds)."""
+    jitted = jax.jit(train_step, donate_argnums=0)
+    start = time.perf_counter()
+    compiled = {}
+    for length in plan.buckets:
+        shape = jax.ShapeDtypeStruct((plan.batch_size, length), np.int32)
+        batch = {k: shape for k in ("inputs_BxL", "positives_BxL", "negatives_BxL")}
+        compiled[length] = jitted.lower(state, batch).compile()
+    return compiled, time.perf_counter() - start
+
+
+def run(cfg: config_lib.Config, workdir: str | Path, resume: bool = False,
+        interrupt_after_epoch: int | None = None) -> dict[str, float]:
+    """Trains `cfg` in `workdir` and returns the final metrics (also written to metrics.json).
+
+    `interrupt_after_epoch` simulates a crash after that epoch's checkpoint (for tests).
+    """
+    config_lib.validate(cfg)
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    run_dir.check_workdir(workdir, cfg, resume)
+
+    dataset = load_dataset(cfg.data)
+    split = leave_one_out(dataset)
+    buckets = parse_buckets(cfg.train.length_buckets, cfg.model.max_len)
+    plan = TrainBatches(split.train, split.num_items, cfg.model.max_len, cfg.train.batch_size, buckets,
+                        cfg.train.seed)
+    negatives = sample_eval_negatives(split, cfg.eval.num_negatives, cfg.data.seed)
+    model = build_model(cfg.model, split.num_items)
+    evaluator = LeaveOneOutEvaluator(split, negatives, model, cfg, buckets)
+    run_dir.write_json(workdir / "config.json", config_lib.to_dict(cfg))
+    log.info("data %s: %d users, %d items, %d interactions; %d steps/epoch, buckets %s, %.0f%% padding",
+             dataset.name, dataset.num_users, split.num_items, dataset.num_interactions,
+             plan.steps_per_epoch, buckets, 100 * plan.padding_fraction)
+
+    tx = make_optimizer(cfg)
+    state = init_state(model, tx, cfg)
+    checkpoints = RunCheckpoints(workdir)
+    record = {"epoch": 0, "best_value": -math.inf, "best_epoch": 0, "train_seconds": 0.0}
+    if resume and checkpoints.latest_step() is not None:
+        state, record = checkpoints.restore("latest", state)
+        run_dir.truncate_jsonl(workdir / "metrics.jsonl", int(state.step))
+        log.info("resumed from step %d (epoch %d)", int(state.step), record["epoch"])
+    elif resume:
+        log.info("--resume: no checkpoint in %s, starting from scratch", workdir)
+
+    steps, compile_seconds = compile_train_steps(make_train_step(model, tx, cfg), state, plan)
+    log.info("compiled %d train step shapes in %.1f s", len(steps), compile_seconds)
+
+    total_steps = cfg.train.num_epochs * plan.steps_per_epoch
+    step = int(state.step)
+    batches = train_iterator(plan, step, total_steps)
+    progress = Progress(total_steps, step)
+    train_seconds = float(record["train_seconds"])
+    epoch = record["epoch"]
+    try:
+        while epoch < cfg.train.num_epochs:
+            epoch += 1
+            epoch_start = time.perf_counter()
+            losses = []
+            for _ in range(plan.steps_per_epoch):
+                batch = next(batches)
+                state, metrics = steps[batch["inputs_BxL"].shape[1]](state, batch)
+                losses.append(metrics["loss"])
+                step += 1
+                if progress.enabled and step % cfg.train.log_every == 0:
+                    progress.update(step, epoch, float(metrics["loss"]), (step - progress.start_step) * cfg.train.batch_size)
+            epoch_loss = float(np.mean(jax.device_get(losses)))
+            train_seconds += time.perf_counter() - epoch_start
+            if not np.isfinite(epoch_loss):
+                raise TrainingDiverged(f"training loss is {epoch_loss} at epoch {epoch}; lower train.learning_rate")
+            record.update(epoch=epoch, train_seconds=train_seconds)
+            capped = 0 < cfg.train.max_train_seconds <= train_seconds
+            if epoch % cfg.eval.every_epochs == 0 or epoch == cfg.train.num_epochs or capped:
+                eval_start = time.perf_counter()
+                valid = evaluator.evaluate(state.params, "valid")
+                value = valid[cfg.eval.select_metric]
+                entry = {"epoch": epoch, "step": step, "train/loss": epoch_loss,
+                         "train/seconds": train_seconds, "eval/seconds": time.perf_counter() - eval_start, **valid}
+                if value > record["best_value"]:
+                    record.update(best_value=value, best_epoch=epoch)
+                    checkpoints.save("best", step, state, record)
+                checkpoints.save("latest", step, state, record)
+                checkpoints.wait()
+                run_dir.append_jsonl(workdir / "metrics.jsonl", entry)
+                log.info("epoch %d loss %.4f %s %.4f (best %.4f @ %d)", epoch, epoch_loss,
+                         cfg.eval.select_metric, value, record["best_value"], record["best_epoch"])
+            else:
+                checkpoints.save("latest", step, state, record)
+            if interrupt_after_epoch == epoch:
+                checkpoints.wait()
+                raise KeyboardInterrupt(f"simulated interruption after epoch {epoch}")
+            if capped:
+                log.info("train.max_train_seconds=%s reached after epoch %d", cfg.train.max_train_seconds, epoch)
+                break
+        progress.close()
+        checkpoints.wait()
+        best_state, best_record = checkpoints.restore("best", state)
+        final = {"best_epoch": best_record["best_epoch"], "epochs": epoch, "train/seconds": train_seconds,
+                 "compile/seconds": compile_seconds}
+        eval_start = time.perf_counter()
+        final.update(evaluator.evaluate(best_state.params, "valid"))
+        final.update(evaluator.evaluate(best_state.params, "test"))
+        final["eval/seconds"] = time.perf_counter() - eval_start
+        run_dir.write_json(workdir / "metrics.json", final)
+        return final
+    finally:
+        checkpoints.wait()
+        checkpoints.close()

@@ -1,0 +1,59 @@
+"""Train and evaluate a jaxrec model.
+
+  python train.py --config configs/sasrec_ml1m.py --workdir runs/sasrec [--set train.num_epochs=10] [--resume]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import logging
+import sys
+from pathlib import Path
+
+
+def load_config(path: str):
+    from jaxrec.config import Config, ConfigError
+
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"config file {path} not found")
+    spec = importlib.util.spec_from_file_location(f"jaxrec_config_{file.stem}", file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ConfigError(f"config file {path} has no get_config()")
+    cfg = module.get_config()
+    if not isinstance(cfg, Config):
+        raise ConfigError(f"{path}: get_config() must return jaxrec.config.Config, got {type(cfg).__name__}")
+    return cfg
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="experiment file with get_config()")
+    parser.add_argument("--workdir", required=True, help="output folder (config, metrics, checkpoints)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --workdir from its latest checkpoint")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+
+    from jaxrec import config as config_lib
+    from jaxrec import trainer
+    from jaxrec.data import DataError
+    from jaxrec.run_dir import RunDirError
+
+    try:
+        cfg = config_lib.apply_overrides(load_config(args.config), args.set)
+        metrics = trainer.run(cfg, args.workdir, resume=args.resume)
+    except (config_lib.ConfigError, DataError, RunDirError, trainer.TrainingDiverged, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()
+                      if k.startswith("test/") or "seconds" in k or "epoch" in k}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
