@@ -1,6 +1,6 @@
 """Train and evaluate a jaxrec model.
 
-  python train.py --config configs/sasrec_ml1m.py --workdir runs/sasrec [--set train.num_epochs=10] [--resume]
+python train.py --config configs/sasrec_ml1m.py --workdir runs/sasrec [--set train.num_epochs=10] [--resume]
 """
 
 from __future__ import annotations
@@ -35,9 +35,13 @@ def main(argv=None) -> int:
     parser.add_argument("--config", required=True, help="experiment file with get_config()")
     parser.add_argument("--workdir", required=True, help="output folder (config, metrics, checkpoints)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
-    parser.add_argument("--resume", action="store_true", help="continue the run in --workdir from its latest checkpoint")
+    parser.add_argument(
+        "--resume", action="store_true", help="continue the run in --workdir from its latest checkpoint"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("absl", "orbax"):  # orbax logs every save at INFO
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
     from jaxrec import config as config_lib
     from jaxrec import trainer
@@ -50,8 +54,16 @@ def main(argv=None) -> int:
     except (config_lib.ConfigError, DataError, RunDirError, trainer.TrainingDiverged, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()
-                      if k.startswith("test/") or "seconds" in k or "epoch" in k}, indent=1))
+    print(
+        json.dumps(
+            {
+                k: round(v, 4) if isinstance(v, float) else v
+                for k, v in metrics.items()
+                if k.startswith("test/") or "seconds" in k or "epoch" in k
+            },
+            indent=1,
+        )
+    )
     return 0
 
 

@@ -94,9 +94,7 @@ def _coerce(value: str, field_type: Any, key: str) -> Any:
         try:
             return field_type(value)
         except ValueError:
-            raise ConfigError(
-                f"{key}: expected {field_type.__name__}, got {value!r}"
-            ) from None
+            raise ConfigError(f"{key}: expected {field_type.__name__}, got {value!r}") from None
     if field_type is str:
         return value
     if field_type == tuple[int, ...]:
@@ -116,15 +114,11 @@ def override(cfg: Config, key: str, value: str) -> Config:
     section_name, field_name = parts
     section_types = _field_types(Config)
     if section_name not in section_types:
-        raise ConfigError(
-            f"unknown config section {section_name!r} in {key!r}; known: {', '.join(section_types)}"
-        )
+        raise ConfigError(f"unknown config section {section_name!r} in {key!r}; known: {', '.join(section_types)}")
     section = getattr(cfg, section_name)
     types_ = _field_types(type(section))
     if field_name not in types_:
-        raise ConfigError(
-            f"unknown config key {key!r}; known in {section_name}: {', '.join(types_)}"
-        )
+        raise ConfigError(f"unknown config key {key!r}; known in {section_name}: {', '.join(types_)}")
     new_value = _coerce(value, types_[field_name], key)
     return dataclasses.replace(cfg, **{section_name: dataclasses.replace(section, **{field_name: new_value})})
 
@@ -203,4 +197,3 @@ def validate(cfg: Config) -> None:
         raise ConfigError(
             f"eval.select_metric must be a valid/ metric (never select on test), got {cfg.eval.select_metric!r}"
         )
-

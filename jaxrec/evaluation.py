@@ -19,14 +19,14 @@ class LeaveOneOutEvaluator:
     def __init__(self, split, eval_negatives, model, cfg, buckets):
         valid_negatives, test_negatives = eval_negatives
         max_len, batch_size = cfg.model.max_len, cfg.eval.batch_size
-        test_inputs = [
-            np.append(seq, v) if v > 0 else seq for seq, v in zip(split.train, split.valid_target)
-        ]
+        test_inputs = [np.append(seq, v) if v > 0 else seq for seq, v in zip(split.train, split.valid_target)]
         self.batches = {
-            "valid": eval_batches(split.train, split.valid_target, valid_negatives, split.train,
-                                  max_len, batch_size, buckets),
-            "test": eval_batches(test_inputs, split.test_target, test_negatives, test_inputs,
-                                 max_len, batch_size, buckets),
+            "valid": eval_batches(
+                split.train, split.valid_target, valid_negatives, split.train, max_len, batch_size, buckets
+            ),
+            "test": eval_batches(
+                test_inputs, split.test_target, test_negatives, test_inputs, max_len, batch_size, buckets
+            ),
         }
         self.ks = cfg.eval.ks
         self.full_ranking = cfg.eval.full_ranking

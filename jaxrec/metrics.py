@@ -38,4 +38,3 @@ def merge(total: dict[str, float], part: dict[str, float]) -> dict[str, float]:
 
 def means(sums: dict[str, float], count: float, prefix: str) -> dict[str, float]:
     return {f"{prefix}/{key}": value / count for key, value in sorted(sums.items())}
-

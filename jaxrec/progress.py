@@ -21,9 +21,7 @@ class Progress:
         done = step / max(self.total, 1)
         bar = "#" * int(30 * done) + "." * (30 - int(30 * done))
         rate = sequences / elapsed
-        self.stream.write(
-            f"\r[{bar}] step {step}/{self.total} epoch {epoch} loss {loss:.4f} {rate:,.0f} seq/s"
-        )
+        self.stream.write(f"\r[{bar}] step {step}/{self.total} epoch {epoch} loss {loss:.4f} {rate:,.0f} seq/s")
         self.stream.flush()
 
     def close(self) -> None:

@@ -1,9 +1,9 @@
 """The files of a run's --workdir, and the guards that keep a good run from being overwritten.
 
-  config.json    resolved config (written once the inputs are known to be good)
-  metrics.jsonl  one JSON object per evaluation
-  metrics.json   final validation and test metrics of the best checkpoint, plus timings
-  checkpoints/   orbax checkpoints: latest/ and best/
+config.json    resolved config (written once the inputs are known to be good)
+metrics.jsonl  one JSON object per evaluation
+metrics.json   final validation and test metrics of the best checkpoint, plus timings
+checkpoints/   orbax checkpoints: latest/ and best/
 """
 
 from __future__ import annotations

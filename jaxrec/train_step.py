@@ -39,7 +39,9 @@ def init_state(model, tx, cfg: Config) -> TrainState:
     key = jax.random.key(cfg.train.seed, impl=RNG_IMPL)
     init_key, base_key = jax.random.split(key)
     dummy_BxL = jnp.ones((1, cfg.model.max_len), jnp.int32)
-    params = model.init({"params": init_key}, dummy_BxL, method=model.encode)["params"]
+    # jit: an eager init would compile every op of the model one by one.
+    init = jax.jit(lambda key: model.init({"params": key}, dummy_BxL, method=model.encode)["params"])
+    params = init(init_key)
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
@@ -85,9 +87,9 @@ def make_eval_step(model, num_items: int, full_ranking: bool = True):
             scores_BxV = user_BxD @ table_VxD.T
             ids_V = jnp.arange(table_VxD.shape[0])
             batch_size = targets_B.shape[0]
-            seen_BxV = jnp.zeros(scores_BxV.shape, bool).at[
-                jnp.arange(batch_size)[:, None], batch["history_BxH"]
-            ].set(True)
+            seen_BxV = (
+                jnp.zeros(scores_BxV.shape, bool).at[jnp.arange(batch_size)[:, None], batch["history_BxH"]].set(True)
+            )
             # Candidates: real items (not padding rows) outside the user's history, minus the target.
             valid_BxV = (ids_V > 0) & (ids_V <= num_items) & ~seen_BxV & (ids_V[None] != targets_B[:, None])
             out["rank_full"] = rank_of_target(target_B, scores_BxV, valid_BxV)

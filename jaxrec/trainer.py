@@ -43,8 +43,9 @@ def compile_train_steps(train_step, state, plan: TrainBatches):
     return compiled, time.perf_counter() - start
 
 
-def run(cfg: config_lib.Config, workdir: str | Path, resume: bool = False,
-        interrupt_after_epoch: int | None = None) -> dict[str, float]:
+def run(
+    cfg: config_lib.Config, workdir: str | Path, resume: bool = False, interrupt_after_epoch: int | None = None
+) -> dict[str, float]:
     """Trains `cfg` in `workdir` and returns the final metrics (also written to metrics.json).
 
     `interrupt_after_epoch` simulates a crash after that epoch's checkpoint (for tests).
@@ -57,15 +58,21 @@ def run(cfg: config_lib.Config, workdir: str | Path, resume: bool = False,
     dataset = load_dataset(cfg.data)
     split = leave_one_out(dataset)
     buckets = parse_buckets(cfg.train.length_buckets, cfg.model.max_len)
-    plan = TrainBatches(split.train, split.num_items, cfg.model.max_len, cfg.train.batch_size, buckets,
-                        cfg.train.seed)
+    plan = TrainBatches(split.train, split.num_items, cfg.model.max_len, cfg.train.batch_size, buckets, cfg.train.seed)
     negatives = sample_eval_negatives(split, cfg.eval.num_negatives, cfg.data.seed)
     model = build_model(cfg.model, split.num_items)
     evaluator = LeaveOneOutEvaluator(split, negatives, model, cfg, buckets)
     run_dir.write_json(workdir / "config.json", config_lib.to_dict(cfg))
-    log.info("data %s: %d users, %d items, %d interactions; %d steps/epoch, buckets %s, %.0f%% padding",
-             dataset.name, dataset.num_users, split.num_items, dataset.num_interactions,
-             plan.steps_per_epoch, buckets, 100 * plan.padding_fraction)
+    log.info(
+        "data %s: %d users, %d items, %d interactions; %d steps/epoch, buckets %s, %.0f%% padding",
+        dataset.name,
+        dataset.num_users,
+        split.num_items,
+        dataset.num_interactions,
+        plan.steps_per_epoch,
+        buckets,
+        100 * plan.padding_fraction,
+    )
 
     tx = make_optimizer(cfg)
     state = init_state(model, tx, cfg)
@@ -98,7 +105,8 @@ def run(cfg: config_lib.Config, workdir: str | Path, resume: bool = False,
                 losses.append(metrics["loss"])
                 step += 1
                 if progress.enabled and step % cfg.train.log_every == 0:
-                    progress.update(step, epoch, float(metrics["loss"]), (step - progress.start_step) * cfg.train.batch_size)
+                    sequences = (step - progress.start_step) * cfg.train.batch_size
+                    progress.update(step, epoch, float(metrics["loss"]), sequences)
             epoch_loss = float(np.mean(jax.device_get(losses)))
             train_seconds += time.perf_counter() - epoch_start
             if not np.isfinite(epoch_loss):
@@ -109,16 +117,29 @@ def run(cfg: config_lib.Config, workdir: str | Path, resume: bool = False,
                 eval_start = time.perf_counter()
                 valid = evaluator.evaluate(state.params, "valid")
                 value = valid[cfg.eval.select_metric]
-                entry = {"epoch": epoch, "step": step, "train/loss": epoch_loss,
-                         "train/seconds": train_seconds, "eval/seconds": time.perf_counter() - eval_start, **valid}
+                entry = {
+                    "epoch": epoch,
+                    "step": step,
+                    "train/loss": epoch_loss,
+                    "train/seconds": train_seconds,
+                    "eval/seconds": time.perf_counter() - eval_start,
+                    **valid,
+                }
                 if value > record["best_value"]:
                     record.update(best_value=value, best_epoch=epoch)
                     checkpoints.save("best", step, state, record)
                 checkpoints.save("latest", step, state, record)
                 checkpoints.wait()
                 run_dir.append_jsonl(workdir / "metrics.jsonl", entry)
-                log.info("epoch %d loss %.4f %s %.4f (best %.4f @ %d)", epoch, epoch_loss,
-                         cfg.eval.select_metric, value, record["best_value"], record["best_epoch"])
+                log.info(
+                    "epoch %d loss %.4f %s %.4f (best %.4f @ %d)",
+                    epoch,
+                    epoch_loss,
+                    cfg.eval.select_metric,
+                    value,
+                    record["best_value"],
+                    record["best_epoch"],
+                )
             else:
                 checkpoints.save("latest", step, state, record)
             if interrupt_after_epoch == epoch:
@@ -130,8 +151,12 @@ def run(cfg: config_lib.Config, workdir: str | Path, resume: bool = False,
         progress.close()
         checkpoints.wait()
         best_state, best_record = checkpoints.restore("best", state)
-        final = {"best_epoch": best_record["best_epoch"], "epochs": epoch, "train/seconds": train_seconds,
-                 "compile/seconds": compile_seconds}
+        final = {
+            "best_epoch": best_record["best_epoch"],
+            "epochs": epoch,
+            "train/seconds": train_seconds,
+            "compile/seconds": compile_seconds,
+        }
         eval_start = time.perf_counter()
         final.update(evaluator.evaluate(best_state.params, "valid"))
         final.update(evaluator.evaluate(best_state.params, "test"))

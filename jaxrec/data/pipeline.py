@@ -14,8 +14,6 @@ Every batch is a pure function of (seed, step), so training resumes with the sam
 
 from __future__ import annotations
 
-import functools
-
 import grain
 import numpy as np
 
@@ -68,8 +66,15 @@ def sample_negatives(rng: np.random.Generator, exclude_sorted: np.ndarray, num_i
 class TrainBatches:
     """Random-access plan of SASRec-style training batches, one sequence per user per epoch."""
 
-    def __init__(self, train_seqs: list[np.ndarray], num_items: int, max_len: int, batch_size: int,
-                 buckets: tuple[int, ...], seed: int):
+    def __init__(
+        self,
+        train_seqs: list[np.ndarray],
+        num_items: int,
+        max_len: int,
+        batch_size: int,
+        buckets: tuple[int, ...],
+        seed: int,
+    ):
         self.users = np.array([u for u, s in enumerate(train_seqs) if len(s) >= 2], np.int64)
         if len(self.users) == 0:
             raise ValueError("no user has two or more training interactions: nothing to train on")
@@ -80,6 +85,7 @@ class TrainBatches:
         self.batch_size = batch_size
         self.buckets = buckets
         self.seed = seed
+        self._plan_cache: tuple[int, list] | None = None
         pair_lengths = np.array([len(train_seqs[u]) - 1 for u in self.users])
         self.user_bucket = bucket_of(pair_lengths, buckets)
         counts = np.bincount(self.user_bucket, minlength=len(buckets))
@@ -88,9 +94,11 @@ class TrainBatches:
             sum(counts[b] * buckets[b] for b in range(len(buckets)))
         )
 
-    @functools.lru_cache(maxsize=2)
     def epoch_plan(self, epoch: int) -> list[tuple[int, np.ndarray]]:
-        """(bucket length, users) of every batch of `epoch`, in training order."""
+        """(bucket length, users) of every batch of `epoch`, in training order (cached per epoch)."""
+        cached = self._plan_cache
+        if cached is not None and cached[0] == epoch:
+            return cached[1]
         rng = np.random.default_rng([self.seed, epoch, 0])
         order = rng.permutation(len(self.users))
         plan = []
@@ -98,7 +106,9 @@ class TrainBatches:
             members = self.users[order[self.user_bucket[order] == b]]
             for start in range(0, len(members), self.batch_size):
                 plan.append((length, members[start : start + self.batch_size]))
-        return [plan[i] for i in rng.permutation(len(plan))]
+        plan = [plan[i] for i in rng.permutation(len(plan))]
+        self._plan_cache = (epoch, plan)  # one tuple assignment: safe for grain's reader threads
+        return plan
 
     def __call__(self, step: int) -> dict[str, np.ndarray]:
         length, users = self.epoch_plan(step // self.steps_per_epoch)[step % self.steps_per_epoch]
@@ -123,9 +133,15 @@ def train_iterator(plan: TrainBatches, start_step: int, num_steps: int, prefetch
     return iter(dataset.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=prefetch)))
 
 
-def eval_batches(inputs: list[np.ndarray], targets: np.ndarray, negatives: np.ndarray,
-                 histories: list[np.ndarray], max_len: int, batch_size: int,
-                 buckets: tuple[int, ...]) -> list[dict[str, np.ndarray]]:
+def eval_batches(
+    inputs: list[np.ndarray],
+    targets: np.ndarray,
+    negatives: np.ndarray,
+    histories: list[np.ndarray],
+    max_len: int,
+    batch_size: int,
+    buckets: tuple[int, ...],
+) -> list[dict[str, np.ndarray]]:
     """Evaluation batches over users with a target, grouped by history length.
 
     Keys: inputs_BxL, targets_B, negatives_BxN, history_BxH (items excluded from full ranking,
@@ -143,11 +159,13 @@ def eval_batches(inputs: list[np.ndarray], targets: np.ndarray, negatives: np.nd
         length = buckets[bucket_of(np.array([max(len(inputs[u]) for u in chunk)]), buckets)[0]]
         pad = batch_size - len(chunk)
         rows = list(chunk) + [chunk[0]] * pad
-        batches.append({
-            "inputs_BxL": left_pad([inputs[u] for u in rows], length),
-            "targets_B": targets[rows].astype(np.int32),
-            "negatives_BxN": negatives[rows].astype(np.int32),
-            "history_BxH": left_pad([histories[u] for u in rows], width),
-            "weight_B": np.r_[np.ones(len(chunk)), np.zeros(pad)].astype(np.float32),
-        })
+        batches.append(
+            {
+                "inputs_BxL": left_pad([inputs[u] for u in rows], length),
+                "targets_B": targets[rows].astype(np.int32),
+                "negatives_BxN": negatives[rows].astype(np.int32),
+                "history_BxH": left_pad([histories[u] for u in rows], width),
+                "weight_B": np.r_[np.ones(len(chunk)), np.zeros(pad)].astype(np.float32),
+            }
+        )
     return batches

@@ -10,7 +10,7 @@ output exact zeros, never NaN.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -21,8 +21,14 @@ _NEG_INF = -1e30  # finite, so fully masked rows stay NaN-free before we zero th
 
 
 def reference_attention(
-    q_BxLxHxD, k_BxSxHxD, v_BxSxHxD, *, mask_BxLxS=None, bias_BxHxLxS=None,
-    dropout_rate=0.0, dropout_rng=None,
+    q_BxLxHxD,
+    k_BxSxHxD,
+    v_BxSxHxD,
+    *,
+    mask_BxLxS=None,
+    bias_BxHxLxS=None,
+    dropout_rate=0.0,
+    dropout_rng=None,
 ):
     """Plain einsum-softmax attention; the obviously-correct baseline every fast path is tested against.
 
@@ -48,8 +54,14 @@ def reference_attention(
 
 
 def xla_attention(
-    q_BxLxHxD, k_BxSxHxD, v_BxSxHxD, *, mask_BxLxS=None, bias_BxHxLxS=None,
-    dropout_rate=0.0, dropout_rng=None,
+    q_BxLxHxD,
+    k_BxSxHxD,
+    v_BxSxHxD,
+    *,
+    mask_BxLxS=None,
+    bias_BxHxLxS=None,
+    dropout_rate=0.0,
+    dropout_rng=None,
 ):
     """`jax.nn.dot_product_attention` (XLA implementation); no attention-weight dropout."""
     if dropout_rate > 0.0 and dropout_rng is not None:
@@ -65,8 +77,15 @@ def xla_attention(
 
 
 def causal_blocked_attention(
-    q_BxLxHxD, k_BxSxHxD, v_BxSxHxD, *, mask_BxLxS=None, bias_BxHxLxS=None,
-    dropout_rate=0.0, dropout_rng=None, num_blocks: int = 4,
+    q_BxLxHxD,
+    k_BxSxHxD,
+    v_BxSxHxD,
+    *,
+    mask_BxLxS=None,
+    bias_BxHxLxS=None,
+    dropout_rate=0.0,
+    dropout_rng=None,
+    num_blocks: int = 4,
 ):
     """Causal self-attention that skips key blocks above the diagonal.
 
@@ -81,13 +100,17 @@ def causal_blocked_attention(
         lo, hi = bounds[j], bounds[j + 1]
         if hi == lo:
             continue
-        outs.append(reference_attention(
-            q_BxLxHxD[:, lo:hi], k_BxSxHxD[:, :hi], v_BxSxHxD[:, :hi],
-            mask_BxLxS=None if mask_BxLxS is None else mask_BxLxS[:, lo:hi, :hi],
-            bias_BxHxLxS=None if bias_BxHxLxS is None else bias_BxHxLxS[:, :, lo:hi, :hi],
-            dropout_rate=dropout_rate,
-            dropout_rng=None if dropout_rng is None else jax.random.fold_in(dropout_rng, j),
-        ))
+        outs.append(
+            reference_attention(
+                q_BxLxHxD[:, lo:hi],
+                k_BxSxHxD[:, :hi],
+                v_BxSxHxD[:, :hi],
+                mask_BxLxS=None if mask_BxLxS is None else mask_BxLxS[:, lo:hi, :hi],
+                bias_BxHxLxS=None if bias_BxHxLxS is None else bias_BxHxLxS[:, :, lo:hi, :hi],
+                dropout_rate=dropout_rate,
+                dropout_rng=None if dropout_rng is None else jax.random.fold_in(dropout_rng, j),
+            )
+        )
     return jnp.concatenate(outs, axis=1)
 
 

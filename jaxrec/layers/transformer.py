@@ -6,7 +6,6 @@ Legend: B batch, L length, D hidden, H heads.
 from __future__ import annotations
 
 import flax.linen as nn
-import jax.numpy as jnp
 
 from jaxrec.layers.attention import attention
 from jaxrec.layers.dropout import Dropout
@@ -35,7 +34,9 @@ class SelfAttention(nn.Module):
         v = project(keys_BxLxD, "value")
         use_dropout = self.dropout > 0.0 and not deterministic
         out_BxLxHxD = attention(
-            q, k, v,
+            q,
+            k,
+            v,
             implementation=self.implementation,
             mask_BxLxS=mask_BxLxL,
             bias_BxHxLxS=bias_BxHxLxL,

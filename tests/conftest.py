@@ -1,0 +1,42 @@
+"""Test set-up: CPU only, 8 host devices (for mesh tests), shared fixtures."""
+
+import os
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+
+import dataclasses  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+from jaxrec.config import Config, DataConfig, EvalConfig, ModelConfig, TrainConfig  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def pytest_configure(config):
+    # Trainer tests compile the same small programs again and again: share them through
+    # jax's persistent compilation cache (per test session).
+    cache = Path(config.rootpath) / ".pytest_cache" / "xla"
+    jax.config.update("jax_compilation_cache_dir", str(cache))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+@pytest.fixture
+def tiny_config() -> Config:
+    """A config that trains on synthetic data in seconds."""
+    return Config(
+        data=DataConfig(name="synthetic", synthetic_users=1000, synthetic_items=120, synthetic_mean_length=20),
+        model=ModelConfig(max_len=24, hidden=16, num_blocks=2, num_heads=1, dropout=0.2),
+        train=TrainConfig(num_epochs=2, batch_size=64, learning_rate=0.005, length_buckets="none"),
+        eval=EvalConfig(every_epochs=1, batch_size=128, num_negatives=20),
+    )
+
+
+def replace(cfg: Config, **sections) -> Config:
+    """replace(cfg, train=dict(num_epochs=3)) -> cfg with those fields changed."""
+    return dataclasses.replace(
+        cfg, **{name: dataclasses.replace(getattr(cfg, name), **fields) for name, fields in sections.items()}
+    )

@@ -1,0 +1,127 @@
+"""The train.py contract: outputs, keys, and one clear error line for every kind of bad input."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+import train
+from tests.conftest import REPO
+
+TINY = [
+    "data.name=synthetic",
+    "data.synthetic_users=400",
+    "data.synthetic_items=60",
+    "data.synthetic_mean_length=12",
+    "model.max_len=16",
+    "model.hidden=16",
+    "model.num_blocks=1",
+    "train.num_epochs=2",
+    "train.batch_size=64",
+    "train.length_buckets=none",
+    "eval.every_epochs=1",
+    "eval.num_negatives=20",
+]
+
+
+def _run(tmp_path, *extra, workdir="run", config="configs/sasrec_ml1m.py"):
+    args = ["--config", str(REPO / config), "--workdir", str(tmp_path / workdir)]
+    for assignment in TINY + list(extra):
+        args += ["--set", assignment]
+    return train.main(args)
+
+
+def test_contract_files_and_keys(tmp_path, capsys):
+    assert _run(tmp_path) == 0
+    workdir = tmp_path / "run"
+    resolved = json.loads((workdir / "config.json").read_text())
+    assert resolved["train"]["num_epochs"] == 2 and resolved["data"]["name"] == "synthetic"
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2]
+    assert "valid/ndcg@10_sampled" in records[0]
+    final = json.loads((workdir / "metrics.json").read_text())
+    for split in ("valid", "test"):
+        for k in (1, 5, 10, 20):
+            for protocol in ("sampled", "full"):
+                assert 0.0 <= final[f"{split}/ndcg@{k}_{protocol}"] <= final[f"{split}/hr@{k}_{protocol}"] <= 1.0
+        assert 0.0 < final[f"{split}/mrr_full"] <= 1.0
+    assert final["train/seconds"] > 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["test/ndcg@10_full"] == round(final["test/ndcg@10_full"], 4)
+
+    # A second run into the same workdir must not overwrite it...
+    before = (workdir / "metrics.json").read_bytes()
+    assert _run(tmp_path) == 2
+    assert "already holds a run; pass --resume" in capsys.readouterr().err
+    assert (workdir / "metrics.json").read_bytes() == before
+    # ...nor may a different model resume from its checkpoints.
+    code = train.main(
+        [
+            "--config",
+            str(REPO / "configs/sasrec_ml1m.py"),
+            "--workdir",
+            str(workdir),
+            "--resume",
+            *sum((["--set", a] for a in TINY + ["model.hidden=32"]), []),
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "different model or data" in err and "model.hidden: 16 -> 32" in err
+    assert (workdir / "metrics.json").read_bytes() == before
+
+
+def _write(path, text):
+    path.write_text(text)
+    return path
+
+
+MALFORMED = "1 2\n1 3\n1\n"
+NON_INTEGER = "1 2\n1 x\n"
+TOO_FEW = "user_id,item_id,timestamp\n1,2,3\n2,3,4\n"
+
+
+@pytest.mark.parametrize(
+    "setup, message",
+    [
+        (lambda d: ["data.name=file", f"data.path={d / 'missing.csv'}"], "missing.csv"),
+        (lambda d: ["data.name=ml-1m-sasrec", f"data.path={_write(d / 'bad.txt', MALFORMED)}"], "line 3"),
+        (lambda d: ["data.name=ml-1m-sasrec", f"data.path={_write(d / 'bad.txt', NON_INTEGER)}"], "'x'"),
+        (
+            lambda d: ["data.name=file", f"data.path={_write(d / 'f.csv', TOO_FEW)}", "data.min_user_interactions=5"],
+            "removed all",
+        ),
+        (lambda d: ["train.num_epoch=3"], "unknown config key 'train.num_epoch'"),
+        (lambda d: ["train.batch_size=big"], "train.batch_size: expected int"),
+        (lambda d: ["data.name=netflix"], "netflix"),
+        (lambda d: ["model.dropout=2"], "model.dropout"),
+    ],
+    ids=[
+        "missing-file",
+        "malformed-line",
+        "non-integer-id",
+        "empty-after-filter",
+        "unknown-key",
+        "bad-type",
+        "unknown-dataset",
+        "bad-value",
+    ],
+)
+def test_bad_input_gets_one_clear_line_and_writes_nothing(tmp_path, capsys, setup, message):
+    assert _run(tmp_path, *setup(tmp_path)) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and "\n" not in err, err
+    assert not (tmp_path / "run" / "config.json").exists()
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_missing_config_file_and_nonzero_exit_code(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "train.py"), "--config", "configs/nope.py", "--workdir", str(tmp_path / "w")],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "config file configs/nope.py not found" in proc.stderr

@@ -1,0 +1,73 @@
+import importlib.util
+
+import pytest
+
+from jaxrec import config as config_lib
+from jaxrec.config import Config, ConfigError
+from tests.conftest import REPO
+
+
+def test_override_coerces_by_field_type():
+    cfg = config_lib.apply_overrides(
+        Config(),
+        [
+            "train.num_epochs=7",
+            "train.learning_rate=0.01",
+            "model.shared_output_embedding=false",
+            "data.name=file",
+            "eval.ks=10,1",
+        ],
+    )
+    assert cfg.train.num_epochs == 7 and isinstance(cfg.train.num_epochs, int)
+    assert cfg.train.learning_rate == 0.01
+    assert cfg.model.shared_output_embedding is False
+    assert cfg.data.name == "file"
+    assert cfg.eval.ks == (1, 10)
+
+
+@pytest.mark.parametrize(
+    "assignment, message",
+    [
+        ("train.num_epoch=3", "unknown config key 'train.num_epoch'"),
+        ("trian.num_epochs=3", "unknown config section 'trian'"),
+        ("train.num_epochs=three", "train.num_epochs: expected int, got 'three'"),
+        ("model.shared_output_embedding=maybe", "expected a boolean"),
+        ("num_epochs=3", "expected section.field"),
+        ("train.num_epochs", "expected key=value"),
+        ("eval.ks=1,x", "eval.ks: expected comma-separated integers"),
+    ],
+)
+def test_bad_overrides_name_the_problem(assignment, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        config_lib.apply_overrides(Config(), [assignment])
+
+
+@pytest.mark.parametrize(
+    "assignment, message",
+    [
+        ("model.dropout=1.5", "model.dropout"),
+        ("model.num_heads=3", "divisible"),
+        ("train.batch_size=0", "train.batch_size"),
+        ("eval.select_metric=test/ndcg@10_full", "never select on test"),
+    ],
+)
+def test_validate_rejects_bad_values(assignment, message):
+    with pytest.raises(ConfigError, match=message):
+        config_lib.validate(config_lib.apply_overrides(Config(), [assignment]))
+
+
+def test_round_trip_through_dict():
+    cfg = config_lib.apply_overrides(Config(), ["eval.ks=5,10", "train.seed=3"])
+    assert config_lib.from_dict(config_lib.to_dict(cfg)) == cfg
+    with pytest.raises(ConfigError, match="unknown config keys in train: bogus"):
+        config_lib.from_dict({"train": {"bogus": 1}})
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.py")), ids=lambda p: p.name)
+def test_every_config_file_loads_and_validates(path):
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    cfg = module.get_config()
+    assert isinstance(cfg, Config)
+    config_lib.validate(cfg)

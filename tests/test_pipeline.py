@@ -1,0 +1,81 @@
+import numpy as np
+import pytest
+
+from jaxrec.data.pipeline import TrainBatches, eval_batches, left_pad, parse_buckets, train_iterator
+
+
+def _seqs(num_users=50, num_items=40, seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.permutation(num_items)[: rng.integers(2, 30)].astype(np.int32) + 1 for _ in range(num_users)]
+
+
+def test_parse_buckets():
+    assert parse_buckets("none", 200) == (200,)
+    assert parse_buckets("auto", 200) == (56, 104, 152, 200)
+    assert parse_buckets("32, 64", 50) == (32, 50)
+    with pytest.raises(ValueError, match="length_buckets"):
+        parse_buckets("short", 50)
+
+
+def test_left_pad_keeps_the_most_recent_items():
+    out = left_pad([np.array([1, 2, 3]), np.array([4, 5, 6, 7, 8])], 4)
+    np.testing.assert_array_equal(out, [[0, 1, 2, 3], [5, 6, 7, 8]])
+
+
+def test_batches_are_fixed_shape_left_padded_shifted_and_exclude_history():
+    seqs = _seqs()
+    plan = TrainBatches(seqs, 40, max_len=16, batch_size=8, buckets=(8, 16), seed=0)
+    seen_users = []
+    for step in range(plan.steps_per_epoch):
+        length, users = plan.epoch_plan(0)[step]
+        batch = plan(step)
+        assert {v.shape for v in batch.values()} == {(8, length)}
+        seen_users += list(users)
+        for row, u in enumerate(users):
+            seq = seqs[u]
+            n = min(len(seq) - 1, length)
+            np.testing.assert_array_equal(batch["inputs_BxL"][row, length - n :], seq[:-1][-n:])
+            np.testing.assert_array_equal(batch["positives_BxL"][row, length - n :], seq[1:][-n:])
+            assert not batch["positives_BxL"][row, : length - n].any()
+            negatives = batch["negatives_BxL"][row]
+            assert np.all((negatives > 0) == (batch["positives_BxL"][row] > 0))
+            assert not np.isin(negatives[negatives > 0], seq).any()
+        assert not batch["positives_BxL"][len(users) :].any()  # padding rows of a partial batch
+    assert sorted(seen_users) == list(range(len(seqs)))  # every user exactly once per epoch
+
+
+def test_batches_are_a_pure_function_of_step_and_epochs_differ():
+    plan = TrainBatches(_seqs(), 40, max_len=16, batch_size=8, buckets=(8, 16), seed=0)
+    again = TrainBatches(_seqs(), 40, max_len=16, batch_size=8, buckets=(8, 16), seed=0)
+    for step in (0, 5, plan.steps_per_epoch + 1):
+        for key, value in plan(step).items():
+            np.testing.assert_array_equal(value, again(step)[key])
+    first = [tuple(u) for _, u in plan.epoch_plan(0)]
+    second = [tuple(u) for _, u in plan.epoch_plan(1)]
+    assert first != second
+
+
+def test_grain_iterator_resumes_mid_stream():
+    plan = TrainBatches(_seqs(), 40, max_len=16, batch_size=8, buckets=(16,), seed=3)
+    full = list(train_iterator(plan, 0, 10))
+    resumed = list(train_iterator(plan, 6, 10))
+    assert len(full) == 10 and len(resumed) == 4
+    for a, b in zip(full[6:], resumed):
+        np.testing.assert_array_equal(a["negatives_BxL"], b["negatives_BxL"])
+
+
+def test_no_trainable_user_is_an_error():
+    with pytest.raises(ValueError, match="nothing to train on"):
+        TrainBatches([np.array([1])], 5, 8, 4, (8,), 0)
+
+
+def test_eval_batches_cover_every_user_with_a_target_once():
+    seqs = _seqs(30)
+    targets = np.array([0 if i % 7 == 0 else 1 + i % 40 for i in range(30)], np.int32)
+    negatives = np.ones((30, 5), np.int32)
+    batches = eval_batches(seqs, targets, negatives, seqs, max_len=16, batch_size=8, buckets=(8, 16))
+    weights = np.concatenate([b["weight_B"] for b in batches])
+    got = np.concatenate([b["targets_B"] for b in batches])[weights > 0]
+    assert sorted(got.tolist()) == sorted(targets[targets > 0].tolist())
+    for b in batches:
+        assert b["history_BxH"].shape[1] == max(len(s) for s in seqs)

@@ -1,0 +1,107 @@
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxrec.config import ModelConfig
+from jaxrec.models import build_model, vocab_rows
+
+CFG = ModelConfig(max_len=16, hidden=8, num_blocks=2, num_heads=2, dropout=0.2)
+NUM_ITEMS = 40
+
+
+def _init(cfg=CFG):
+    model = build_model(cfg, NUM_ITEMS)
+    params = model.init({"params": jax.random.key(0)}, jnp.ones((1, cfg.max_len), jnp.int32), method=model.encode)
+    return model, params["params"]
+
+
+def _histories(length, seed=0):
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(1, NUM_ITEMS + 1, size=(3, length)).astype(np.int32)
+    ids[1, : length // 2] = 0  # left padded
+    ids[2, :] = 0  # all padding
+    return jnp.asarray(ids)
+
+
+def test_shapes_finite_and_padding_rows_zero_with_and_without_jit():
+    model, params = _init()
+    ids = _histories(CFG.max_len)
+    for fn in (model.apply, jax.jit(model.apply, static_argnames="deterministic")):
+        h, table = fn({"params": params}, ids, deterministic=True)
+        assert h.shape == (3, CFG.max_len, CFG.hidden)
+        assert table.shape == (vocab_rows(NUM_ITEMS), CFG.hidden)
+        assert np.all(np.isfinite(h))
+        assert not np.any(np.asarray(h[2]))
+        assert not np.any(np.asarray(h[1, : CFG.max_len // 2]))
+
+
+def _probe(h_D):
+    # A fixed random direction: sum() would be blind, LayerNorm outputs sum to a constant.
+    return jnp.dot(h_D, jnp.linspace(-1.0, 2.0, h_D.shape[-1]))
+
+
+@pytest.mark.parametrize("attention", ["auto", "reference", "causal_blocked"])
+def test_causality_by_gradients(attention):
+    """d output[t] / d input[s] is zero for every s > t and nonzero for s <= t (distinct ids per position)."""
+    model, params = _init(dataclasses.replace(CFG, attention=attention))
+    ids = jnp.asarray(np.random.default_rng(0).permutation(NUM_ITEMS)[: CFG.max_len] + 1)[None].astype(jnp.int32)
+    for t in (0, 6, CFG.max_len - 2):
+
+        def at_t(table, t=t):
+            h, _ = model.apply(
+                {"params": {**params, "item_embedding": table}},
+                ids,
+                deterministic=False,
+                rngs={"dropout": jax.random.key(3)},
+            )
+            return _probe(h[0, t])
+
+        grad = np.asarray(jax.grad(at_t)(params["item_embedding"]))
+        rows = np.asarray(ids[0])
+        assert np.all(grad[rows[t + 1 :]] == 0), "output depends on a later input"
+        assert np.all(np.abs(grad[rows[: t + 1]]).sum(-1) > 0)
+
+
+def test_position_embedding_gradient_is_causal():
+    model, params = _init()
+    ids = _histories(CFG.max_len)[:1]
+    t = 7
+
+    def at_t(pos):
+        h, _ = model.apply({"params": {**params, "position_embedding": pos}}, ids, deterministic=True)
+        return _probe(h[0, t])
+
+    grad = np.asarray(jax.grad(at_t)(params["position_embedding"]))
+    assert np.all(grad[t + 1 :] == 0)
+    assert np.any(grad[: t + 1] != 0)
+
+
+def test_shorter_bucket_computes_the_same_as_full_length():
+    model, params = _init()
+    full = _histories(CFG.max_len)
+    short = full[:, -6:]
+    full = full.at[:, :-6].set(0)
+    h_full, _ = model.apply({"params": params}, full, deterministic=True)
+    h_short, _ = model.apply({"params": params}, short, deterministic=True)
+    np.testing.assert_allclose(h_full[:, -6:], h_short, atol=1e-5)
+
+
+def test_unshared_output_table_is_a_separate_parameter():
+    model, params = _init(dataclasses.replace(CFG, shared_output_embedding=False))
+    assert "output_embedding" in params
+    _, table = model.apply({"params": params}, _histories(CFG.max_len), deterministic=True)
+    np.testing.assert_array_equal(table, params["output_embedding"])
+
+
+def test_dropout_active_only_in_training():
+    model, params = _init()
+    ids = _histories(CFG.max_len)
+    a = model.apply({"params": params}, ids, deterministic=False, rngs={"dropout": jax.random.key(1)})[0]
+    b = model.apply({"params": params}, ids, deterministic=False, rngs={"dropout": jax.random.key(2)})[0]
+    c = model.apply({"params": params}, ids, deterministic=True)[0]
+    d = model.apply({"params": params}, ids, deterministic=True)[0]
+    assert not np.allclose(a, b)
+    np.testing.assert_array_equal(c, d)
