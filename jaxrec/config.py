@@ -58,6 +58,7 @@ class TrainConfig:
     adam_b2: float = 0.98  # Adam beta2 (SASRec uses 0.98)
     weight_decay: float = 0.0  # L2 on parameters via optax.add_decayed_weights (0 = off)
     seed: int = 42  # parameter init, dropout, data order and negatives
+    micro_batch: int = 0  # sequences per gradient-accumulation micro-batch (0 = whole batch); same update
     length_buckets: str = "auto"  # static sequence lengths batches are padded to: auto | none | comma list
     log_every: int = 50  # steps between progress updates
     max_train_seconds: float = 0.0  # wall-clock cap on training (0 = none); stops at an epoch end
@@ -66,7 +67,7 @@ class TrainConfig:
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
     every_epochs: int = 20  # validate every N epochs (and after the last)
-    batch_size: int = 512  # users per evaluation batch
+    batch_size: int = 256  # users per evaluation batch
     num_negatives: int = 100  # sampled protocol: uniform negatives the user never interacted with
     ks: tuple[int, ...] = (1, 5, 10, 20)  # cut-offs for HR@K and NDCG@K ("1,5,10" on the command line)
     select_metric: str = "valid/ndcg@10_full"  # metric that picks the best checkpoint (higher is better)
@@ -181,6 +182,11 @@ def validate(cfg: Config) -> None:
         (0.0 <= cfg.model.dropout < 1.0, "model.dropout must be in [0, 1)"),
         (cfg.train.num_epochs >= 1, "train.num_epochs must be >= 1"),
         (cfg.train.batch_size >= 1, "train.batch_size must be >= 1"),
+        (cfg.train.micro_batch >= 0, "train.micro_batch must be >= 0"),
+        (
+            cfg.train.micro_batch == 0 or cfg.train.batch_size % cfg.train.micro_batch == 0,
+            "train.batch_size must be divisible by train.micro_batch",
+        ),
         (cfg.train.learning_rate > 0, "train.learning_rate must be > 0"),
         (cfg.eval.every_epochs >= 1, "eval.every_epochs must be >= 1"),
         (cfg.eval.batch_size >= 1, "eval.batch_size must be >= 1"),

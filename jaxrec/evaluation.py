@@ -13,6 +13,7 @@ import numpy as np
 
 from jaxrec.data.pipeline import eval_batches
 from jaxrec.metrics import means, merge, metric_sums
+from jaxrec.train_step import compiler_options, make_eval_step
 
 
 class LeaveOneOutEvaluator:
@@ -30,9 +31,16 @@ class LeaveOneOutEvaluator:
         }
         self.ks = cfg.eval.ks
         self.full_ranking = cfg.eval.full_ranking
-        from jaxrec.train_step import make_eval_step  # local: keeps this module free of optax
+        self._jitted = jax.jit(make_eval_step(model, split.num_items, self.full_ranking))
+        self._compiled = {}
 
-        self.eval_step = jax.jit(make_eval_step(model, split.num_items, self.full_ranking))
+    def eval_step(self, params, batch):
+        """The jitted eval step, compiled once per batch shape (ahead of use, with our XLA options)."""
+        shapes = tuple(sorted((k, v.shape) for k, v in batch.items() if k != "weight_B"))
+        if shapes not in self._compiled:
+            inputs = {k: v for k, v in batch.items() if k != "weight_B"}
+            self._compiled[shapes] = self._jitted.lower(params, inputs).compile(compiler_options=compiler_options())
+        return self._compiled[shapes](params, {k: v for k, v in batch.items() if k != "weight_B"})
 
     def evaluate(self, params, which: str) -> dict[str, float]:
         """Mean metrics over the users of `which` ('valid' or 'test'), keys like 'valid/ndcg@10_full'."""

@@ -20,6 +20,17 @@ from jaxrec.metrics import rank_of_target
 RNG_IMPL = "rbg"
 
 
+def compiler_options() -> dict[str, str]:
+    """XLA options for our executables on the current backend.
+
+    CPU: YNNPACK fusions of the small matmuls in these models (d = 50) measured ~15% slower
+    than XLA's own emitters on 2-core AMD EPYC (benchmarks/train_throughput.py), so they are off.
+    """
+    if jax.default_backend() == "cpu":
+        return {"xla_cpu_experimental_ynn_fusion_type": ""}
+    return {}
+
+
 @flax.struct.dataclass
 class TrainState:
     step: jax.Array  # int32 scalar: optimizer steps taken
@@ -51,23 +62,50 @@ def init_state(model, tx, cfg: Config) -> TrainState:
 
 
 def make_train_step(model, tx, cfg: Config):
-    """Returns train_step(state, batch) -> (state, metrics); jit it with the state donated."""
-    loss_fn_impl = LOSSES[cfg.model.loss]
+    """Returns train_step(state, batch) -> (state, metrics); jit it with the state donated.
 
-    def loss_fn(params, batch, dropout_key):
+    With `train.micro_batch` = m < batch size, the batch is processed as B/m micro-batches in a
+    `lax.scan` that accumulates gradients of the summed loss, then one optimizer update with the
+    mean over all of the batch's positions: the same update as the whole batch at once, but each
+    micro-batch's activations (and its LxL attention matrix) stay in cache, which on CPU is
+    worth more than the extra loop overhead.
+    """
+    loss_impl = LOSSES[cfg.model.loss]
+    micro = cfg.train.micro_batch or cfg.train.batch_size
+
+    def summed_loss(params, batch, dropout_key):
         h_BxLxD, table_VxD = model.apply(
             {"params": params}, batch["inputs_BxL"], deterministic=False, rngs={"dropout": dropout_key}
         )
-        return loss_fn_impl(h_BxLxD, table_VxD, batch["positives_BxL"], batch["negatives_BxL"])
+        mean, count = loss_impl(h_BxLxD, table_VxD, batch["positives_BxL"], batch["negatives_BxL"])
+        return mean * count, count
+
+    grad_fn = jax.value_and_grad(summed_loss, has_aux=True)
 
     def train_step(state: TrainState, batch):
         base = jax.random.wrap_key_data(state.rng_data, impl=RNG_IMPL)
-        dropout_key = jax.random.fold_in(base, state.step)
-        (loss, count), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, dropout_key)
+        step_key = jax.random.fold_in(base, state.step)
+        batch_size = batch["inputs_BxL"].shape[0]
+        if micro >= batch_size:
+            (loss_sum, count), grads = grad_fn(state.params, batch, step_key)
+        else:
+            num_micro = batch_size // micro
+            micro_batches = jax.tree.map(lambda x: x.reshape(num_micro, micro, *x.shape[1:]), batch)
+
+            def accumulate(carry, xs):
+                grads_acc, loss_acc, count_acc = carry
+                micro_batch, index = xs
+                (loss_sum, count), grads = grad_fn(state.params, micro_batch, jax.random.fold_in(step_key, index))
+                return (jax.tree.map(jnp.add, grads_acc, grads), loss_acc + loss_sum, count_acc + count), None
+
+            zeros = (jax.tree.map(jnp.zeros_like, state.params), jnp.zeros(()), jnp.zeros(()))
+            (grads, loss_sum, count), _ = jax.lax.scan(accumulate, zeros, (micro_batches, jnp.arange(num_micro)))
+        denominator = jnp.maximum(count, 1.0)
+        grads = jax.tree.map(lambda g: g / denominator, grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
-        return new_state, {"loss": loss, "positions": count}
+        return new_state, {"loss": loss_sum / denominator, "positions": count}
 
     return train_step
 
@@ -76,8 +114,9 @@ def make_eval_step(model, num_items: int, full_ranking: bool = True):
     """Returns eval_step(params, batch) -> {'rank_sampled': B, 'rank_full': B} (0-based, pessimistic)."""
 
     def eval_step(params, batch):
-        h_BxLxD, table_VxD = model.apply({"params": params}, batch["inputs_BxL"], deterministic=True)
-        user_BxD = h_BxLxD[:, -1].astype(jnp.float32)  # left padding: the last position is the newest
+        # Left padding: the last position is the newest, and the only one scored.
+        h_Bx1xD, table_VxD = model.apply({"params": params}, batch["inputs_BxL"], deterministic=True, last_only=True)
+        user_BxD = h_Bx1xD[:, 0].astype(jnp.float32)
         table_VxD = table_VxD.astype(jnp.float32)
         targets_B = batch["targets_B"]
         target_B = jnp.einsum("bd,bd->b", user_BxD, table_VxD[targets_B])

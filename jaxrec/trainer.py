@@ -22,7 +22,7 @@ from jaxrec.data.pipeline import TrainBatches, parse_buckets, train_iterator
 from jaxrec.evaluation import LeaveOneOutEvaluator
 from jaxrec.models import build_model
 from jaxrec.progress import Progress
-from jaxrec.train_step import init_state, make_optimizer, make_train_step
+from jaxrec.train_step import compiler_options, init_state, make_optimizer, make_train_step
 
 log = logging.getLogger("jaxrec")
 
@@ -39,7 +39,7 @@ def compile_train_steps(train_step, state, plan: TrainBatches):
     for length in plan.buckets:
         shape = jax.ShapeDtypeStruct((plan.batch_size, length), np.int32)
         batch = {k: shape for k in ("inputs_BxL", "positives_BxL", "negatives_BxL")}
-        compiled[length] = jitted.lower(state, batch).compile()
+        compiled[length] = jitted.lower(state, batch).compile(compiler_options=compiler_options())
     return compiled, time.perf_counter() - start
 
 

@@ -105,3 +105,13 @@ def test_dropout_active_only_in_training():
     d = model.apply({"params": params}, ids, deterministic=True)[0]
     assert not np.allclose(a, b)
     np.testing.assert_array_equal(c, d)
+
+
+@pytest.mark.parametrize("attention", ["auto", "causal_blocked"])
+def test_last_only_inference_equals_the_last_row_of_the_full_pass(attention):
+    model, params = _init(dataclasses.replace(CFG, attention=attention))
+    ids = _histories(CFG.max_len)
+    full, _ = model.apply({"params": params}, ids, deterministic=True)
+    last, _ = model.apply({"params": params}, ids, deterministic=True, last_only=True)
+    assert last.shape == (3, 1, CFG.hidden)
+    np.testing.assert_allclose(last[:, 0], full[:, -1], atol=1e-5)

@@ -94,6 +94,16 @@ def causal_blocked_attention(
     mask is causal, which the caller promises by choosing this implementation.
     """
     length = q_BxLxHxD.shape[1]
+    if length != k_BxSxHxD.shape[1]:  # not square (e.g. only the last query row): nothing to skip
+        return reference_attention(
+            q_BxLxHxD,
+            k_BxSxHxD,
+            v_BxSxHxD,
+            mask_BxLxS=mask_BxLxS,
+            bias_BxHxLxS=bias_BxHxLxS,
+            dropout_rate=dropout_rate,
+            dropout_rng=dropout_rng,
+        )
     bounds = [round(length * j / num_blocks) for j in range(num_blocks + 1)]
     outs = []
     for j in range(num_blocks):

@@ -22,7 +22,7 @@ class SelfAttention(nn.Module):
 
     @nn.compact
     def __call__(self, queries_BxLxD, keys_BxLxD, mask_BxLxL, *, deterministic: bool, bias_BxHxLxL=None):
-        batch, length, hidden = queries_BxLxD.shape
+        batch, length, hidden = queries_BxLxD.shape  # length: queries; keys may be longer
         head_dim = hidden // self.num_heads
 
         def project(x, name):

@@ -48,11 +48,13 @@ class SASRec(nn.Module):
         self.ffns = [PointWiseFeedForward(cfg.dropout, name=f"ffn_{i}") for i in range(cfg.num_blocks)]
         self.final_norm = layer_norm("final_norm")
 
-    def encode(self, item_ids_BxL, *, deterministic: bool = True):
+    def encode(self, item_ids_BxL, *, deterministic: bool = True, last_only: bool = False):
         """Hidden state after each position of the history: BxLxD (zeros at padding).
 
         L may be shorter than max_len (length buckets): positions are aligned to the end, so a
         bucketed batch computes exactly what the same batch padded to max_len would.
+        With `last_only` (inference), returns Bx1xD for the newest position: the last block then
+        computes one query row instead of L (its keys and values still cover the history).
         """
         cfg = self.config
         length = item_ids_BxL.shape[1]
@@ -64,8 +66,14 @@ class SASRec(nn.Module):
         x = x + self.position_embedding[cfg.max_len - length :][None]
         x = self.embed_dropout(x, deterministic=deterministic) * keep_BxLx1
         mask_BxLxL = causal_padding_mask(valid_BxL, causal=True)
-        for norm, attn, ffn_norm, ffn in zip(self.attention_norms, self.attentions, self.ffn_norms, self.ffns):
-            q = norm(x)
+        blocks = list(zip(self.attention_norms, self.attentions, self.ffn_norms, self.ffns))
+        for i, (norm, attn, ffn_norm, ffn) in enumerate(blocks):
+            if last_only and i == len(blocks) - 1:
+                # Only the newest query row feeds the output; earlier rows matter only as keys.
+                mask_BxLxL, keep_BxLx1 = mask_BxLxL[:, -1:], keep_BxLx1[:, -1:]
+                q = norm(x[:, -1:])
+            else:
+                q = norm(x)
             x = q + attn(q, x, mask_BxLxL, deterministic=deterministic)
             x = ffn(ffn_norm(x), deterministic=deterministic) * keep_BxLx1
         return self.final_norm(x) * keep_BxLx1
@@ -74,5 +82,5 @@ class SASRec(nn.Module):
         """VxD table that scores items: h . table[item]."""
         return self.item_embedding if self.config.shared_output_embedding else self.output_embedding
 
-    def __call__(self, item_ids_BxL, *, deterministic: bool = True):
-        return self.encode(item_ids_BxL, deterministic=deterministic), self.output_table()
+    def __call__(self, item_ids_BxL, *, deterministic: bool = True, last_only: bool = False):
+        return self.encode(item_ids_BxL, deterministic=deterministic, last_only=last_only), self.output_table()

@@ -1,0 +1,53 @@
+import jax
+import numpy as np
+import optax
+
+from jaxrec.models import build_model
+from jaxrec.train_step import init_state, make_optimizer, make_train_step
+from tests.conftest import replace
+
+
+def _batch(batch_size, length, num_items, seed=0):
+    rng = np.random.default_rng(seed)
+    batch = {
+        k: rng.integers(1, num_items + 1, (batch_size, length)).astype(np.int32)
+        for k in ("inputs_BxL", "positives_BxL", "negatives_BxL")
+    }
+    for key in batch:
+        batch[key][: batch_size // 2, : length // 3] = 0  # left padding in half the rows
+    batch["positives_BxL"][-3:] = 0  # padding rows of a partial batch
+    batch["inputs_BxL"][-3:] = 0
+    return batch
+
+
+def test_micro_batched_step_equals_whole_batch_step(tiny_config):
+    cfg = replace(tiny_config, model=dict(dropout=0.0))
+    model = build_model(cfg.model, 120)
+    # Plain SGD: parameter changes are the gradients. (Adam would turn float round-off in
+    # near-zero gradients into full-size steps of either sign.)
+    tx = optax.sgd(0.1)
+    batch = _batch(cfg.train.batch_size, cfg.model.max_len, 120)
+    results = {}
+    for micro in (0, 8):
+        c = replace(cfg, train=dict(micro_batch=micro))
+        state = init_state(model, tx, c)
+        step = jax.jit(make_train_step(model, tx, c), donate_argnums=0)
+        for _ in range(2):
+            state, metrics = step(state, batch)
+        results[micro] = (state, metrics)
+    (s0, m0), (s8, m8) = results[0], results[8]
+    np.testing.assert_allclose(m0["loss"], m8["loss"], rtol=1e-5)
+    assert m0["positions"] == m8["positions"] == (batch["positives_BxL"] > 0).sum()
+    for a, b in zip(jax.tree.leaves(s0.params), jax.tree.leaves(s8.params)):
+        np.testing.assert_allclose(a, b, atol=2e-6)
+
+
+def test_state_is_donated_and_step_counts(tiny_config):
+    model = build_model(tiny_config.model, 120)
+    tx = make_optimizer(tiny_config)
+    state = init_state(model, tx, tiny_config)
+    step = jax.jit(make_train_step(model, tx, tiny_config), donate_argnums=0)
+    old_table = state.params["item_embedding"]
+    new_state, metrics = step(state, _batch(tiny_config.train.batch_size, tiny_config.model.max_len, 120))
+    assert old_table.is_deleted()
+    assert int(new_state.step) == 1 and np.isfinite(float(metrics["loss"]))
