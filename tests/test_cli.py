@@ -125,3 +125,44 @@ def test_missing_config_file_and_nonzero_exit_code(tmp_path):
     )
     assert proc.returncode == 2
     assert "config file configs/nope.py not found" in proc.stderr
+
+
+def test_killed_process_resumes_to_the_uninterrupted_result(tmp_path):
+    """SIGKILL a real training process after its first checkpoint, resume it, compare."""
+    import os
+    import signal
+    import time
+
+    settings = [a for a in TINY if not a.startswith(("train.num_epochs", "eval.every_epochs"))]
+    settings += ["train.num_epochs=6", "eval.every_epochs=3"]
+    env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(REPO / ".pytest_cache" / "xla"))
+
+    def command(workdir, resume=False):
+        args = [
+            sys.executable,
+            str(REPO / "train.py"),
+            "--config",
+            str(REPO / "configs/sasrec_ml1m.py"),
+            "--workdir",
+            str(tmp_path / workdir),
+        ]
+        args += sum((["--set", a] for a in settings), [])
+        return args + (["--resume"] if resume else [])
+
+    proc = subprocess.Popen(command("killed"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    latest = tmp_path / "killed" / "checkpoints" / "latest"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if latest.is_dir() and any(p.name.isdigit() for p in latest.iterdir()):
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "killed" / "metrics.json").exists(), "the run finished before it could be killed"
+    subprocess.run(command("killed", resume=True), check=True, capture_output=True, env=env, timeout=300)
+    subprocess.run(command("straight"), check=True, capture_output=True, env=env, timeout=300)
+    killed = json.loads((tmp_path / "killed" / "metrics.json").read_text())
+    straight = json.loads((tmp_path / "straight" / "metrics.json").read_text())
+    for key, value in straight.items():
+        if "seconds" not in key:
+            assert killed[key] == value, key

@@ -1,0 +1,23 @@
+"""The benchmark scripts' smoke modes run in the test suite, so they cannot rot."""
+
+import json
+
+from benchmarks import train_throughput
+
+
+def test_train_throughput_smoke(tmp_path):
+    out = tmp_path / "lines.jsonl"
+    records = train_throughput.main(["--smoke", "--out", str(out)])
+    figures = {r["figure"]: r for r in records}
+    for name in (
+        "train/epoch_seconds",
+        "train/sequences_per_s",
+        "train/tokens_per_s",
+        "eval/seconds",
+        "baseline/naive_flax_epoch_seconds",
+        "speedup/epoch_vs_naive_flax",
+    ):
+        assert figures[name]["value"] > 0, name
+        assert figures[name]["device"] and figures[name]["jax"]
+    written = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["figure"] for r in written] == [r["figure"] for r in records]
