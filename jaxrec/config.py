@@ -203,3 +203,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(
             f"eval.select_metric must be a valid/ metric (never select on test), got {cfg.eval.select_metric!r}"
         )
+    protocols = ("sampled", "full") if cfg.eval.full_ranking else ("sampled",)
+    known = [f"valid/mrr_{p}" for p in protocols]
+    known += [f"valid/{m}@{k}_{p}" for p in protocols for m in ("hr", "ndcg") for k in cfg.eval.ks]
+    if cfg.eval.select_metric not in known:
+        raise ConfigError(f"eval.select_metric {cfg.eval.select_metric!r} is not computed; choose one of {known}")

@@ -49,6 +49,7 @@ def test_bad_overrides_name_the_problem(assignment, message):
         ("model.num_heads=3", "divisible"),
         ("train.batch_size=0", "train.batch_size"),
         ("eval.select_metric=test/ndcg@10_full", "never select on test"),
+        ("eval.select_metric=valid/ndcg@3_full", "is not computed"),
     ],
 )
 def test_validate_rejects_bad_values(assignment, message):
