@@ -5,6 +5,8 @@ Legend: B batch, L length, D hidden, V item-table rows.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -23,3 +25,123 @@ def bce_sampled(h_BxLxD, table_VxD, positives_BxL, negatives_BxL):
 
 
 LOSSES = {"bce": bce_sampled}
+
+
+def _valid_rows(num_rows: int, num_items: int):
+    """True for real item rows (1..num_items); False for padding id 0 and vocabulary padding."""
+    ids = jnp.arange(num_rows)
+    return (ids > 0) & (ids <= num_items)
+
+
+def softmax_ce_full(h_NxD, table_VxD, targets_N, num_items: int):
+    """Full-catalogue softmax cross-entropy, materialising N x V logits (the reference).
+
+    Rows with target 0 are excluded. Returns (mean loss, number of rows).
+    """
+    logits_NxV = (h_NxD @ table_VxD.T).astype(jnp.float32)
+    logits_NxV = jnp.where(_valid_rows(table_VxD.shape[0], num_items)[None], logits_NxV, -jnp.inf)
+    lse_N = jax.nn.logsumexp(logits_NxV, axis=-1)
+    target_N = jnp.take_along_axis(logits_NxV, targets_N[:, None], axis=-1)[:, 0]
+    mask_N = targets_N > 0
+    count = mask_N.sum().astype(jnp.float32)
+    # where, not multiply: a padding row's "target" is the -inf logit of id 0.
+    return jnp.where(mask_N, lse_N - target_N, 0.0).sum() / jnp.maximum(count, 1.0), count
+
+
+def _chunked_lse(h_NxD, table_CxKxD, valid_CxK):
+    """Online logsumexp over catalogue chunks: never holds more than N x K logits."""
+
+    def body(carry, chunk):
+        running_max, running_sum = carry
+        table_KxD, valid_K = chunk
+        logits_NxK = jnp.where(valid_K[None], (h_NxD @ table_KxD.T).astype(jnp.float32), -jnp.inf)
+        new_max = jnp.maximum(running_max, logits_NxK.max(axis=-1))
+        safe_max = jnp.where(jnp.isfinite(new_max), new_max, 0.0)
+        running_sum = running_sum * jnp.exp(running_max - safe_max) + jnp.exp(logits_NxK - safe_max[:, None]).sum(-1)
+        return (new_max, running_sum), None
+
+    n = h_NxD.shape[0]
+    init = (jnp.full((n,), -jnp.inf, jnp.float32), jnp.zeros((n,), jnp.float32))
+    (running_max, running_sum), _ = jax.lax.scan(body, init, (table_CxKxD, valid_CxK))
+    return running_max + jnp.log(running_sum)
+
+
+def _split_table(table_VxD, num_items: int, chunk: int):
+    rows, dim = table_VxD.shape
+    num_chunks = -(-rows // chunk)
+    padded = jnp.pad(table_VxD, ((0, num_chunks * chunk - rows), (0, 0)))
+    valid = jnp.pad(_valid_rows(rows, num_items), (0, num_chunks * chunk - rows))
+    return padded.reshape(num_chunks, chunk, dim), valid.reshape(num_chunks, chunk)
+
+
+def softmax_ce_chunked(h_NxD, table_VxD, targets_N, num_items: int, chunk: int = 4096):
+    """softmax_ce_full without the N x V logits: peak memory O(N x chunk) in both passes.
+
+    The forward pass scans the catalogue in chunks with an online logsumexp; a custom VJP
+    recomputes each chunk's logits in the backward pass instead of storing them.
+    """
+    return _chunked_ce(h_NxD, table_VxD, targets_N, num_items, chunk)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _chunked_ce(h_NxD, table_VxD, targets_N, num_items, chunk):
+    loss, count, _ = _chunked_ce_forward(h_NxD, table_VxD, targets_N, num_items, chunk)
+    return loss, count
+
+
+def _chunked_ce_forward(h_NxD, table_VxD, targets_N, num_items, chunk):
+    table_CxKxD, valid_CxK = _split_table(table_VxD, num_items, chunk)
+    lse_N = _chunked_lse(h_NxD, table_CxKxD, valid_CxK)
+    target_N = jnp.einsum("nd,nd->n", h_NxD, table_VxD[targets_N]).astype(jnp.float32)
+    mask_N = (targets_N > 0).astype(jnp.float32)
+    count = mask_N.sum()
+    loss = ((lse_N - target_N) * mask_N).sum() / jnp.maximum(count, 1.0)
+    return loss, count, lse_N
+
+
+def _chunked_ce_fwd(h_NxD, table_VxD, targets_N, num_items, chunk):
+    loss, count, lse_N = _chunked_ce_forward(h_NxD, table_VxD, targets_N, num_items, chunk)
+    return (loss, count), (h_NxD, table_VxD, targets_N, lse_N, count)
+
+
+def _chunked_ce_bwd(num_items, chunk, residuals, cotangents):
+    h_NxD, table_VxD, targets_N, lse_N, count = residuals
+    g_loss, _ = cotangents  # the count is not differentiable
+    rows = table_VxD.shape[0]
+    table_CxKxD, valid_CxK = _split_table(table_VxD, num_items, chunk)
+    # d loss / d logit = (softmax - onehot) * mask / count, per row.
+    scale_N = g_loss * (targets_N > 0).astype(jnp.float32) / jnp.maximum(count, 1.0)
+
+    def body(grad_h, chunk_in):
+        table_KxD, valid_K = chunk_in
+        logits_NxK = jnp.where(valid_K[None], (h_NxD @ table_KxD.T).astype(jnp.float32), -jnp.inf)
+        probs_NxK = jnp.exp(logits_NxK - lse_N[:, None]) * scale_N[:, None]
+        grad_h = grad_h + (probs_NxK @ table_KxD.astype(jnp.float32))
+        return grad_h, probs_NxK.T @ h_NxD.astype(jnp.float32)
+
+    grad_h, grad_table_CxKxD = jax.lax.scan(body, jnp.zeros(h_NxD.shape, jnp.float32), (table_CxKxD, valid_CxK))
+    grad_table = grad_table_CxKxD.reshape(-1, table_VxD.shape[1])[:rows]
+    # The target term: -logit(target) contributes -table[target] to h and -h to table[target].
+    grad_h = grad_h - scale_N[:, None] * table_VxD[targets_N].astype(jnp.float32)
+    grad_table = grad_table.at[targets_N].add(-scale_N[:, None] * h_NxD.astype(jnp.float32))
+    return grad_h.astype(h_NxD.dtype), grad_table.astype(table_VxD.dtype), None
+
+
+_chunked_ce.defvjp(_chunked_ce_fwd, _chunked_ce_bwd)
+
+
+def gbce(h_BxLxD, table_VxD, positives_BxL, negatives_BxLxK, num_items: int, calibration: float):
+    """gSASRec's generalised BCE (Petrov & Macdonald 2023) with K negatives per position.
+
+    The positive's probability is raised to beta = alpha (t (1 - 1/alpha) + 1/alpha), with
+    alpha = K / (num_items - 1) the negative sampling rate and t the calibration parameter;
+    t = 0 gives beta = 1, plain BCE with K negatives. Returns (mean loss, positions).
+    """
+    alpha = negatives_BxLxK.shape[-1] / (num_items - 1)
+    beta = alpha * (calibration * (1.0 - 1.0 / alpha) + 1.0 / alpha)
+    mask_BxL = (positives_BxL > 0).astype(jnp.float32)
+    pos_BxL = jnp.einsum("bld,bld->bl", h_BxLxD, table_VxD[positives_BxL]).astype(jnp.float32)
+    neg_BxLxK = jnp.einsum("bld,blkd->blk", h_BxLxD, table_VxD[negatives_BxLxK]).astype(jnp.float32)
+    per_position = -beta * jax.nn.log_sigmoid(pos_BxL) - jax.nn.log_sigmoid(-neg_BxLxK).sum(-1)
+    count = mask_BxL.sum()
+    return (per_position * mask_BxL).sum() / jnp.maximum(count, 1.0), count
