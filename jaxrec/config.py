@@ -46,7 +46,10 @@ class ModelConfig:
     dropout: float = 0.2  # dropout rate on embeddings, attention weights and feed-forward
     attention: str = "auto"  # attention implementation: auto | xla | reference (see jaxrec.layers.attention)
     shared_output_embedding: bool = True  # False: a separate output item table (SASRec ablation)
-    loss: str = "bce"  # training loss: bce (one uniform negative per position)
+    loss: str = "bce"  # training loss: bce | ce | ce_chunked | gbce (see jaxrec/losses.py)
+    num_negatives: int = 256  # gbce: uniform negatives per step, shared by every position of the batch
+    gbce_t: float = 0.75  # gbce: calibration parameter t (0 = plain BCE with num_negatives)
+    ce_chunk: int = 4096  # ce_chunked: catalogue rows per chunk
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,6 +183,10 @@ def validate(cfg: Config) -> None:
         (cfg.model.num_heads >= 1, "model.num_heads must be >= 1"),
         (cfg.model.hidden % cfg.model.num_heads == 0, "model.hidden must be divisible by model.num_heads"),
         (0.0 <= cfg.model.dropout < 1.0, "model.dropout must be in [0, 1)"),
+        (cfg.model.loss in ("bce", "ce", "ce_chunked", "gbce"), "model.loss must be bce, ce, ce_chunked or gbce"),
+        (cfg.model.num_negatives >= 1, "model.num_negatives must be >= 1"),
+        (0.0 <= cfg.model.gbce_t <= 1.0, "model.gbce_t must be in [0, 1]"),
+        (cfg.model.ce_chunk >= 1, "model.ce_chunk must be >= 1"),
         (cfg.train.num_epochs >= 1, "train.num_epochs must be >= 1"),
         (cfg.train.batch_size >= 1, "train.batch_size must be >= 1"),
         (cfg.train.micro_batch >= 0, "train.micro_batch must be >= 0"),

@@ -24,9 +24,6 @@ def bce_sampled(h_BxLxD, table_VxD, positives_BxL, negatives_BxL):
     return (per_position * mask_BxL).sum() / jnp.maximum(count, 1.0), count
 
 
-LOSSES = {"bce": bce_sampled}
-
-
 def _valid_rows(num_rows: int, num_items: int):
     """True for real item rows (1..num_items); False for padding id 0 and vocabulary padding."""
     ids = jnp.arange(num_rows)
@@ -130,18 +127,46 @@ def _chunked_ce_bwd(num_items, chunk, residuals, cotangents):
 _chunked_ce.defvjp(_chunked_ce_fwd, _chunked_ce_bwd)
 
 
-def gbce(h_BxLxD, table_VxD, positives_BxL, negatives_BxLxK, num_items: int, calibration: float):
+def gbce(h_BxLxD, table_VxD, positives_BxL, negatives, num_items: int, calibration: float):
     """gSASRec's generalised BCE (Petrov & Macdonald 2023) with K negatives per position.
 
+    `negatives` is BxLxK (per position) or K (shared by every position of the batch: one
+    BxLxK matmul instead of a BxLxKxD gather, which is what keeps K = 256 cheap).
     The positive's probability is raised to beta = alpha (t (1 - 1/alpha) + 1/alpha), with
     alpha = K / (num_items - 1) the negative sampling rate and t the calibration parameter;
     t = 0 gives beta = 1, plain BCE with K negatives. Returns (mean loss, positions).
     """
-    alpha = negatives_BxLxK.shape[-1] / (num_items - 1)
+    alpha = negatives.shape[-1] / (num_items - 1)
     beta = alpha * (calibration * (1.0 - 1.0 / alpha) + 1.0 / alpha)
     mask_BxL = (positives_BxL > 0).astype(jnp.float32)
     pos_BxL = jnp.einsum("bld,bld->bl", h_BxLxD, table_VxD[positives_BxL]).astype(jnp.float32)
-    neg_BxLxK = jnp.einsum("bld,blkd->blk", h_BxLxD, table_VxD[negatives_BxLxK]).astype(jnp.float32)
+    if negatives.ndim == 1:
+        neg_BxLxK = jnp.einsum("bld,kd->blk", h_BxLxD, table_VxD[negatives]).astype(jnp.float32)
+    else:
+        neg_BxLxK = jnp.einsum("bld,blkd->blk", h_BxLxD, table_VxD[negatives]).astype(jnp.float32)
     per_position = -beta * jax.nn.log_sigmoid(pos_BxL) - jax.nn.log_sigmoid(-neg_BxLxK).sum(-1)
     count = mask_BxL.sum()
     return (per_position * mask_BxL).sum() / jnp.maximum(count, 1.0), count
+
+
+def training_loss(cfg_model, num_items: int, h_BxLxD, table_VxD, batch, key):
+    """The loss `model.loss` names, on a batch: (mean over target positions, number of them).
+
+    bce         SASRec: positive vs one negative per position from the pipeline (outside the history)
+    ce          full-catalogue softmax cross-entropy over every position ("SASRec+")
+    ce_chunked  the same, computed in catalogue chunks (never N x V logits)
+    gbce        gSASRec: `num_negatives` uniform negatives per step shared by the batch, calibrated
+    """
+    positives_BxL = batch["positives_BxL"]
+    if cfg_model.loss == "bce":
+        return bce_sampled(h_BxLxD, table_VxD, positives_BxL, batch["negatives_BxL"])
+    if cfg_model.loss in ("ce", "ce_chunked"):
+        h_NxD = h_BxLxD.reshape(-1, h_BxLxD.shape[-1])
+        targets_N = positives_BxL.reshape(-1)
+        if cfg_model.loss == "ce":
+            return softmax_ce_full(h_NxD, table_VxD, targets_N, num_items)
+        return softmax_ce_chunked(h_NxD, table_VxD, targets_N, num_items, chunk=cfg_model.ce_chunk)
+    if cfg_model.loss == "gbce":
+        negatives_K = jax.random.randint(key, (cfg_model.num_negatives,), 1, num_items + 1)
+        return gbce(h_BxLxD, table_VxD, positives_BxL, negatives_K, num_items, cfg_model.gbce_t)
+    raise ValueError(f"unknown model.loss {cfg_model.loss!r}; known: bce, ce, ce_chunked, gbce")

@@ -44,10 +44,13 @@ def check_workdir(workdir: Path, cfg: config_lib.Config, resume: bool) -> None:
                 f"{workdir} already holds a run; pass --resume to continue it or choose another --workdir"
             )
         return
+    try:
+        old = config_lib.to_dict(config_lib.from_dict(old))  # fields added since take their defaults
+    except (config_lib.ConfigError, TypeError) as err:
+        raise RunDirError(f"{config_path} is not a config of this version of jaxrec ({err})") from None
     differences = []
     for section in ("model", "data"):  # what the checkpoint's weights depend on
-        old_section = {k: (tuple(v) if isinstance(v, list) else v) for k, v in old.get(section, {}).items()}
-        differences += _diff(old_section, new[section], section)
+        differences += _diff(old[section], new[section], section)
     if differences:
         raise RunDirError(
             f"{workdir} holds a run of a different model or data; cannot resume it with this config: "

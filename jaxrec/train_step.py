@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxrec.config import Config
-from jaxrec.losses import LOSSES
+from jaxrec.losses import training_loss
 from jaxrec.metrics import rank_of_target
 
 # rbg keys: dropout masks are the bulk of the random bits in a step, and threefry is slow on CPU.
@@ -61,7 +61,7 @@ def init_state(model, tx, cfg: Config) -> TrainState:
     )
 
 
-def make_train_step(model, tx, cfg: Config):
+def make_train_step(model, tx, cfg: Config, num_items: int | None = None):
     """Returns train_step(state, batch) -> (state, metrics); jit it with the state donated.
 
     With `train.micro_batch` = m < batch size, the batch is processed as B/m micro-batches in a
@@ -70,14 +70,15 @@ def make_train_step(model, tx, cfg: Config):
     micro-batch's activations (and its LxL attention matrix) stay in cache, which on CPU is
     worth more than the extra loop overhead.
     """
-    loss_impl = LOSSES[cfg.model.loss]
+    num_items = model.num_items if num_items is None else num_items
     micro = cfg.train.micro_batch or cfg.train.batch_size
 
     def summed_loss(params, batch, dropout_key):
         h_BxLxD, table_VxD = model.apply(
             {"params": params}, batch["inputs_BxL"], deterministic=False, rngs={"dropout": dropout_key}
         )
-        mean, count = loss_impl(h_BxLxD, table_VxD, batch["positives_BxL"], batch["negatives_BxL"])
+        loss_key = jax.random.fold_in(dropout_key, 1 << 30)  # gbce's negatives; independent of dropout
+        mean, count = training_loss(cfg.model, num_items, h_BxLxD, table_VxD, batch, loss_key)
         return mean * count, count
 
     grad_fn = jax.value_and_grad(summed_loss, has_aux=True)

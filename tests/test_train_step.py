@@ -51,3 +51,23 @@ def test_state_is_donated_and_step_counts(tiny_config):
     new_state, metrics = step(state, _batch(tiny_config.train.batch_size, tiny_config.model.max_len, 120))
     assert old_table.is_deleted()
     assert int(new_state.step) == 1 and np.isfinite(float(metrics["loss"]))
+
+
+def test_every_loss_trains_and_chunked_ce_steps_like_full_ce(tiny_config):
+    batch = _batch(tiny_config.train.batch_size, tiny_config.model.max_len, 120)
+    results = {}
+    for loss in ("bce", "ce", "ce_chunked", "gbce"):
+        cfg = replace(tiny_config, model=dict(dropout=0.0, loss=loss, ce_chunk=48, num_negatives=16))
+        model = build_model(cfg.model, 120)
+        tx = optax.sgd(0.5)
+        state = init_state(model, tx, cfg)
+        step = jax.jit(make_train_step(model, tx, cfg), donate_argnums=0)
+        losses = []
+        for _ in range(5):
+            state, metrics = step(state, batch)
+            losses.append(float(metrics["loss"]))
+        assert np.all(np.isfinite(losses)) and losses[-1] < losses[0], (loss, losses)
+        results[loss] = (losses, state.params)
+    np.testing.assert_allclose(results["ce_chunked"][0], results["ce"][0], rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(results["ce"][1]), jax.tree.leaves(results["ce_chunked"][1])):
+        np.testing.assert_allclose(a, b, atol=1e-5)
