@@ -38,7 +38,7 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    name: str = "sasrec"  # model registry entry
+    name: str = "sasrec"  # model registry entry: sasrec | bert4rec
     max_len: int = 200  # history length fed to the model (left padded)
     hidden: int = 50  # embedding and hidden width
     num_blocks: int = 2  # transformer blocks
@@ -46,6 +46,7 @@ class ModelConfig:
     dropout: float = 0.2  # dropout rate on embeddings, attention weights and feed-forward
     attention: str = "auto"  # attention implementation: auto | xla | reference (see jaxrec.layers.attention)
     shared_output_embedding: bool = True  # False: a separate output item table (SASRec ablation)
+    mask_prob: float = 0.2  # bert4rec: probability that the cloze task masks an item
     loss: str = "bce"  # training loss: bce | ce | ce_chunked | gbce (see jaxrec/losses.py)
     num_negatives: int = 256  # gbce: uniform negatives per step, shared by every position of the batch
     gbce_t: float = 0.75  # gbce: calibration parameter t (0 = plain BCE with num_negatives)
@@ -184,6 +185,8 @@ def validate(cfg: Config) -> None:
         (cfg.model.hidden % cfg.model.num_heads == 0, "model.hidden must be divisible by model.num_heads"),
         (0.0 <= cfg.model.dropout < 1.0, "model.dropout must be in [0, 1)"),
         (cfg.model.loss in ("bce", "ce", "ce_chunked", "gbce"), "model.loss must be bce, ce, ce_chunked or gbce"),
+        (0.0 < cfg.model.mask_prob < 1.0, "model.mask_prob must be in (0, 1)"),
+        (cfg.model.name != "bert4rec" or cfg.model.loss != "bce", "bert4rec trains with ce, ce_chunked or gbce"),
         (cfg.model.num_negatives >= 1, "model.num_negatives must be >= 1"),
         (0.0 <= cfg.model.gbce_t <= 1.0, "model.gbce_t must be in [0, 1]"),
         (cfg.model.ce_chunk >= 1, "model.ce_chunk must be >= 1"),

@@ -74,6 +74,7 @@ def make_train_step(model, tx, cfg: Config, num_items: int | None = None):
     micro = cfg.train.micro_batch or cfg.train.batch_size
 
     def summed_loss(params, batch, dropout_key):
+        batch = type(model).training_batch(batch, jax.random.fold_in(dropout_key, 1 << 29), cfg.model, num_items)
         h_BxLxD, table_VxD = model.apply(
             {"params": params}, batch["inputs_BxL"], deterministic=False, rngs={"dropout": dropout_key}
         )
@@ -116,7 +117,8 @@ def make_eval_step(model, num_items: int, full_ranking: bool = True):
 
     def eval_step(params, batch):
         # Left padding: the last position is the newest, and the only one scored.
-        h_Bx1xD, table_VxD = model.apply({"params": params}, batch["inputs_BxL"], deterministic=True, last_only=True)
+        inputs_BxL = type(model).inference_inputs(batch["inputs_BxL"], num_items)
+        h_Bx1xD, table_VxD = model.apply({"params": params}, inputs_BxL, deterministic=True, last_only=True)
         user_BxD = h_Bx1xD[:, 0].astype(jnp.float32)
         table_VxD = table_VxD.astype(jnp.float32)
         targets_B = batch["targets_B"]

@@ -82,5 +82,16 @@ class SASRec(nn.Module):
         """VxD table that scores items: h . table[item]."""
         return self.item_embedding if self.config.shared_output_embedding else self.output_embedding
 
+    @staticmethod
+    def training_batch(batch, key, config: ModelConfig, num_items: int):
+        """SASRec trains on the pipeline's batch as it is (next item at every position)."""
+        del key, config, num_items
+        return batch
+
+    @staticmethod
+    def inference_inputs(inputs_BxL, num_items: int):
+        del num_items
+        return inputs_BxL
+
     def __call__(self, item_ids_BxL, *, deterministic: bool = True, last_only: bool = False):
         return self.encode(item_ids_BxL, deterministic=deterministic, last_only=last_only), self.output_table()
