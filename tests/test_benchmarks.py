@@ -21,3 +21,15 @@ def test_train_throughput_smoke(tmp_path):
         assert figures[name]["device"] and figures[name]["jax"]
     written = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["figure"] for r in written] == [r["figure"] for r in records]
+
+
+def test_reproduce_harness_smoke(tmp_path):
+    from benchmarks import reproduce
+
+    results = reproduce.main(
+        ["--smoke", "--rows", "sasrec_ce,bert4rec_ce", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out")]
+    )
+    assert [r["row"] for r in results] == ["sasrec_ce", "bert4rec_ce"]
+    table = (tmp_path / "out" / "table.md").read_text()
+    assert "0.1821 / 0.3152" in table and "epochs done" in table
+    assert (tmp_path / "out" / "sasrec_ce.metrics.jsonl").exists()
