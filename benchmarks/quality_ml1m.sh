@@ -9,5 +9,5 @@ OUT=benchmarks/results/sasrec_ml1m
 mkdir -p "$OUT"
 PY=${PY:-.venv/bin/python}
 $PY train.py --config configs/sasrec_ml1m.py --workdir "$WORKDIR" --resume --set eval.every_epochs=10 "$@" \
-  2>&1 | grep -v -E "Warning|warn\(" | tee -a "$OUT/train.log"
+  2>&1 | grep --line-buffered -v -E "Warning|warn\(|libtpu" | tee -a "$OUT/train.log"
 cp "$WORKDIR"/config.json "$WORKDIR"/metrics.jsonl "$WORKDIR"/metrics.json "$OUT"/
