@@ -39,7 +39,8 @@ from jaxrec.data import leave_one_out, load_dataset, sample_eval_negatives  # no
 from jaxrec.data.pipeline import TrainBatches, parse_buckets, train_iterator  # noqa: E402
 from jaxrec.evaluation import LeaveOneOutEvaluator  # noqa: E402
 from jaxrec.models import build_model  # noqa: E402
-from jaxrec.train_step import compiler_options, init_state, make_optimizer, make_train_step  # noqa: E402
+from jaxrec.train_step import init_state, make_optimizer, make_train_step  # noqa: E402
+from jaxrec.trainer import compile_train_steps  # noqa: E402
 
 
 def emit(records, out, name, value, unit, **extra):
@@ -69,25 +70,14 @@ def median_time(fn, repeats):
     return float(np.median(times)), float(np.min(times)), float(np.max(times))
 
 
-def compile_steps(cfg, model, tx, state, plan, options):
-    step = jax.jit(make_train_step(model, tx, cfg), donate_argnums=0)
-    compiled, start = {}, time.perf_counter()
-    for length in plan.buckets:
-        shape = jax.ShapeDtypeStruct((plan.batch_size, length), np.int32)
-        batch = {k: shape for k in ("inputs_BxL", "positives_BxL", "negatives_BxL")}
-        compiled[length] = step.lower(state, batch).compile(compiler_options=options)
-    return compiled, time.perf_counter() - start
-
-
 def time_epochs(cfg, split, epochs, options=None):
     """Median seconds of an epoch through the grain pipeline; also per-bucket step medians."""
-    options = compiler_options() if options is None else options
     buckets = parse_buckets(cfg.train.length_buckets, cfg.model.max_len)
     plan = TrainBatches(split.train, split.num_items, cfg.model.max_len, cfg.train.batch_size, buckets, 0)
     model = build_model(cfg.model, split.num_items)
     tx = make_optimizer(cfg)
     state = init_state(model, tx, cfg)
-    steps, compile_seconds = compile_steps(cfg, model, tx, state, plan, options)
+    steps, compile_seconds = compile_train_steps(make_train_step(model, tx, cfg), state, plan, options)
     batches = train_iterator(plan, 0, (epochs + 1) * plan.steps_per_epoch)
     epoch_times, per_bucket = [], {length: [] for length in buckets}
     for epoch in range(epochs + 1):  # epoch 0 warms up the pipeline and caches

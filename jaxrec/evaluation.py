@@ -36,11 +36,11 @@ class LeaveOneOutEvaluator:
 
     def eval_step(self, params, batch):
         """The jitted eval step, compiled once per batch shape (ahead of use, with our XLA options)."""
-        shapes = tuple(sorted((k, v.shape) for k, v in batch.items() if k != "weight_B"))
+        inputs = {k: v for k, v in batch.items() if k != "weight_B"}  # weights stay on the host
+        shapes = tuple(sorted((k, v.shape) for k, v in inputs.items()))
         if shapes not in self._compiled:
-            inputs = {k: v for k, v in batch.items() if k != "weight_B"}
             self._compiled[shapes] = self._jitted.lower(params, inputs).compile(compiler_options=compiler_options())
-        return self._compiled[shapes](params, {k: v for k, v in batch.items() if k != "weight_B"})
+        return self._compiled[shapes](params, inputs)
 
     def evaluate(self, params, which: str) -> dict[str, float]:
         """Mean metrics over the users of `which` ('valid' or 'test'), keys like 'valid/ndcg@10_full'."""

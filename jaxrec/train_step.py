@@ -61,7 +61,7 @@ def init_state(model, tx, cfg: Config) -> TrainState:
     )
 
 
-def make_train_step(model, tx, cfg: Config, num_items: int | None = None):
+def make_train_step(model, tx, cfg: Config):
     """Returns train_step(state, batch) -> (state, metrics); jit it with the state donated.
 
     With `train.micro_batch` = m < batch size, the batch is processed as B/m micro-batches in a
@@ -70,7 +70,7 @@ def make_train_step(model, tx, cfg: Config, num_items: int | None = None):
     micro-batch's activations (and its LxL attention matrix) stay in cache, which on CPU is
     worth more than the extra loop overhead.
     """
-    num_items = model.num_items if num_items is None else num_items
+    num_items = model.num_items
     micro = cfg.train.micro_batch or cfg.train.batch_size
 
     def summed_loss(params, batch, dropout_key):

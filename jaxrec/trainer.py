@@ -31,15 +31,19 @@ class TrainingDiverged(RuntimeError):
     pass
 
 
-def compile_train_steps(train_step, state, plan: TrainBatches):
-    """AOT-compiles the step once per bucket length; returns ({length: compiled}, seconds)."""
+def compile_train_steps(train_step, state, plan: TrainBatches, options: dict | None = None):
+    """AOT-compiles the step once per bucket length; returns ({length: compiled}, seconds).
+
+    `options`: XLA compiler options (default: `compiler_options()` for this backend).
+    """
+    options = compiler_options() if options is None else options
     jitted = jax.jit(train_step, donate_argnums=0)
     start = time.perf_counter()
     compiled = {}
     for length in plan.buckets:
         shape = jax.ShapeDtypeStruct((plan.batch_size, length), np.int32)
         batch = {k: shape for k in ("inputs_BxL", "positives_BxL", "negatives_BxL")}
-        compiled[length] = jitted.lower(state, batch).compile(compiler_options=compiler_options())
+        compiled[length] = jitted.lower(state, batch).compile(compiler_options=options)
     return compiled, time.perf_counter() - start
 
 
