@@ -24,7 +24,7 @@ def bce_sampled(h_BxLxD, table_VxD, positives_BxL, negatives_BxL):
     return (per_position * mask_BxL).sum() / jnp.maximum(count, 1.0), count
 
 
-def _valid_rows(num_rows: int, num_items: int):
+def real_item_rows(num_rows: int, num_items: int):
     """True for real item rows (1..num_items); False for padding id 0 and vocabulary padding."""
     ids = jnp.arange(num_rows)
     return (ids > 0) & (ids <= num_items)
@@ -36,7 +36,7 @@ def softmax_ce_full(h_NxD, table_VxD, targets_N, num_items: int):
     Rows with target 0 are excluded. Returns (mean loss, number of rows).
     """
     logits_NxV = (h_NxD @ table_VxD.T).astype(jnp.float32)
-    logits_NxV = jnp.where(_valid_rows(table_VxD.shape[0], num_items)[None], logits_NxV, -jnp.inf)
+    logits_NxV = jnp.where(real_item_rows(table_VxD.shape[0], num_items)[None], logits_NxV, -jnp.inf)
     lse_N = jax.nn.logsumexp(logits_NxV, axis=-1)
     target_N = jnp.take_along_axis(logits_NxV, targets_N[:, None], axis=-1)[:, 0]
     mask_N = targets_N > 0
@@ -67,7 +67,7 @@ def _split_table(table_VxD, num_items: int, chunk: int):
     rows, dim = table_VxD.shape
     num_chunks = -(-rows // chunk)
     padded = jnp.pad(table_VxD, ((0, num_chunks * chunk - rows), (0, 0)))
-    valid = jnp.pad(_valid_rows(rows, num_items), (0, num_chunks * chunk - rows))
+    valid = jnp.pad(real_item_rows(rows, num_items), (0, num_chunks * chunk - rows))
     return padded.reshape(num_chunks, chunk, dim), valid.reshape(num_chunks, chunk)
 
 

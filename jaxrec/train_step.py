@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxrec.config import Config
-from jaxrec.losses import training_loss
+from jaxrec.losses import real_item_rows, training_loss
 from jaxrec.metrics import rank_of_target
 
 # rbg keys: dropout masks are the bulk of the random bits in a step, and threefry is slow on CPU.
@@ -23,8 +23,9 @@ RNG_IMPL = "rbg"
 def compiler_options() -> dict[str, str]:
     """XLA options for our executables on the current backend.
 
-    CPU: YNNPACK fusions of the small matmuls in these models (d = 50) measured ~15% slower
-    than XLA's own emitters on 2-core AMD EPYC (benchmarks/train_throughput.py), so they are off.
+    CPU: with YNNPACK fusions of the small matmuls in these models (d = 50) an ML-1M epoch took
+    14.2 s instead of 10.3 s on a 2-core AMD EPYC (benchmarks/results/cpu/train_throughput.jsonl),
+    so they are off.
     """
     if jax.default_backend() == "cpu":
         return {"xla_cpu_experimental_ynn_fusion_type": ""}
@@ -127,13 +128,15 @@ def make_eval_step(model, num_items: int, full_ranking: bool = True):
         out = {"rank_sampled": rank_of_target(target_B, negatives_BxN)}
         if full_ranking:
             scores_BxV = user_BxD @ table_VxD.T
-            ids_V = jnp.arange(table_VxD.shape[0])
+            ids_V = jnp.arange(table_VxD.shape[0])  # for the target; real_item_rows for the rest
             batch_size = targets_B.shape[0]
             seen_BxV = (
                 jnp.zeros(scores_BxV.shape, bool).at[jnp.arange(batch_size)[:, None], batch["history_BxH"]].set(True)
             )
             # Candidates: real items (not padding rows) outside the user's history, minus the target.
-            valid_BxV = (ids_V > 0) & (ids_V <= num_items) & ~seen_BxV & (ids_V[None] != targets_B[:, None])
+            valid_BxV = (
+                real_item_rows(table_VxD.shape[0], num_items)[None] & ~seen_BxV & (ids_V[None] != targets_B[:, None])
+            )
             out["rank_full"] = rank_of_target(target_B, scores_BxV, valid_BxV)
         return out
 
