@@ -35,9 +35,9 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.naive_sasrec import NaiveSASRec, make_naive_step  # noqa: E402
 from jaxrec.config import Config, DataConfig, ModelConfig, TrainConfig, apply_overrides  # noqa: E402
-from jaxrec.data import leave_one_out, load_dataset, sample_eval_negatives  # noqa: E402
+from jaxrec.data import leave_one_out, load_dataset  # noqa: E402
 from jaxrec.data.pipeline import TrainBatches, parse_buckets, train_iterator  # noqa: E402
-from jaxrec.evaluation import LeaveOneOutEvaluator  # noqa: E402
+from jaxrec.evaluation import LeaveOneOutEvaluator, draw_eval_negatives  # noqa: E402
 from jaxrec.models import build_model  # noqa: E402
 from jaxrec.train_step import init_state, make_optimizer, make_train_step  # noqa: E402
 from jaxrec.trainer import compile_train_steps  # noqa: E402
@@ -234,7 +234,7 @@ def main(argv=None):
     for length, seconds in result["per_bucket"].items():
         emit(records, out, f"train/step_ms[{length}]", 1000 * seconds, "ms", **common)
 
-    negatives = sample_eval_negatives(split, cfg.eval.num_negatives, cfg.data.seed)
+    negatives = draw_eval_negatives(split, cfg)
     evaluator = LeaveOneOutEvaluator(split, negatives, result["model"], cfg, plan.buckets)
     params = result["state"].params
     start = time.perf_counter()

@@ -20,7 +20,7 @@ class ConfigError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    name: str = "ml-1m-sasrec"  # registry entry: ml-1m | ml-1m-sasrec | file | synthetic
+    name: str = "ml-1m-sasrec"  # registry: ml-1m | ml-1m-sasrec | beauty-bert4rec | file | synthetic
     path: str = ""  # `file`: the delimited file to read; other entries: optional explicit local copy
     data_dir: str = ""  # folder of local copies; "" = $JAXREC_DATA, else ../shared/data if it exists
     cache_dir: str = ""  # where downloads go; "" = $JAXREC_CACHE, else ~/.cache/jaxrec
@@ -72,7 +72,8 @@ class TrainConfig:
 class EvalConfig:
     every_epochs: int = 20  # validate every N epochs (and after the last)
     batch_size: int = 256  # users per evaluation batch
-    num_negatives: int = 100  # sampled protocol: uniform negatives the user never interacted with
+    num_negatives: int = 100  # sampled protocols: negatives the user never interacted with
+    popularity_negatives: bool = True  # besides uniform ('_sampled'), popularity-drawn ones ('_popsampled')
     ks: tuple[int, ...] = (1, 5, 10, 20)  # cut-offs for HR@K and NDCG@K ("1,5,10" on the command line)
     select_metric: str = "valid/ndcg@10_full"  # metric that picks the best checkpoint (higher is better)
     full_ranking: bool = True  # also rank the target against the whole catalogue

@@ -1,9 +1,11 @@
-"""Leave-one-out evaluation: sampled (target + N uniform negatives) and full-catalogue ranking.
+"""Leave-one-out evaluation: sampled (target + N negatives) and full-catalogue ranking.
 
 Validation ranks the second-to-last item given the training history; test ranks the last item
 given training history plus the validation item. Full ranking excludes the items of the input
 history (the target itself always stays a candidate). Sampled negatives come from items the
-user never interacted with (train, validation or test), drawn once with a fixed seed.
+user never interacted with (train, validation or test), drawn once with a fixed seed: uniformly
+(metric suffix `_sampled`, SASRec's protocol) and, optionally, in proportion to popularity
+(`_popsampled`, BERT4Rec's protocol).
 """
 
 from __future__ import annotations
@@ -11,14 +13,28 @@ from __future__ import annotations
 import jax
 import numpy as np
 
+from jaxrec.data import sample_eval_negatives
 from jaxrec.data.pipeline import eval_batches
 from jaxrec.metrics import means, merge, metric_sums
 from jaxrec.train_step import compiler_options, make_eval_step
 
 
+def draw_eval_negatives(split, cfg) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Protocol name (the metric suffix) -> (valid, test) negatives, as the config asks."""
+    protocols = {"sampled": "uniform"}
+    if cfg.eval.popularity_negatives:
+        protocols["popsampled"] = "popularity"
+    return {
+        name: sample_eval_negatives(split, cfg.eval.num_negatives, cfg.data.seed, distribution)
+        for name, distribution in protocols.items()
+    }
+
+
 class LeaveOneOutEvaluator:
     def __init__(self, split, eval_negatives, model, cfg, buckets):
-        valid_negatives, test_negatives = eval_negatives
+        """`eval_negatives`: protocol name -> (valid, test) negatives, see `draw_eval_negatives`."""
+        valid_negatives = {name: pair[0] for name, pair in eval_negatives.items()}
+        test_negatives = {name: pair[1] for name, pair in eval_negatives.items()}
         max_len, batch_size = cfg.model.max_len, cfg.eval.batch_size
         test_inputs = [np.append(seq, v) if v > 0 else seq for seq, v in zip(split.train, split.valid_target)]
         self.batches = {
@@ -37,7 +53,7 @@ class LeaveOneOutEvaluator:
     def eval_step(self, params, batch):
         """The jitted eval step, compiled once per batch shape (ahead of use, with our XLA options)."""
         inputs = {k: v for k, v in batch.items() if k != "weight_B"}  # weights stay on the host
-        shapes = tuple(sorted((k, v.shape) for k, v in inputs.items()))
+        shapes = str(jax.tree.map(np.shape, inputs))
         if shapes not in self._compiled:
             self._compiled[shapes] = self._jitted.lower(params, inputs).compile(compiler_options=compiler_options())
         return self._compiled[shapes](params, inputs)
@@ -49,8 +65,7 @@ class LeaveOneOutEvaluator:
         pending = [(batch, self.eval_step(params, batch)) for batch in self.batches[which]]
         for batch, ranks in pending:  # dispatch everything first, then read back
             weight = batch["weight_B"]
-            merge(sums, metric_sums(np.asarray(ranks["rank_sampled"]), weight, self.ks, "sampled"))
-            if self.full_ranking:
-                merge(sums, metric_sums(np.asarray(ranks["rank_full"]), weight, self.ks, "full"))
+            for name, rank_B in ranks.items():  # 'sampled', 'popsampled', 'full'
+                merge(sums, metric_sums(np.asarray(rank_B), weight, self.ks, name))
             count += float(weight.sum())
         return means(sums, count, which)

@@ -114,7 +114,10 @@ def make_train_step(model, tx, cfg: Config):
 
 
 def make_eval_step(model, num_items: int, full_ranking: bool = True):
-    """Returns eval_step(params, batch) -> {'rank_sampled': B, 'rank_full': B} (0-based, pessimistic)."""
+    """Returns eval_step(params, batch) -> {protocol: B ranks} (0-based, pessimistic).
+
+    One rank per sampled protocol in batch['negatives'] ({'sampled': BxN, ...}) and 'full'.
+    """
 
     def eval_step(params, batch):
         # Left padding: the last position is the newest, and the only one scored.
@@ -124,8 +127,10 @@ def make_eval_step(model, num_items: int, full_ranking: bool = True):
         table_VxD = table_VxD.astype(jnp.float32)
         targets_B = batch["targets_B"]
         target_B = jnp.einsum("bd,bd->b", user_BxD, table_VxD[targets_B])
-        negatives_BxN = jnp.einsum("bd,bnd->bn", user_BxD, table_VxD[batch["negatives_BxN"]])
-        out = {"rank_sampled": rank_of_target(target_B, negatives_BxN)}
+        out = {}
+        for protocol, negatives_BxN in batch["negatives"].items():
+            scores_BxN = jnp.einsum("bd,bnd->bn", user_BxD, table_VxD[negatives_BxN])
+            out[protocol] = rank_of_target(target_B, scores_BxN)
         if full_ranking:
             scores_BxV = user_BxD @ table_VxD.T
             ids_V = jnp.arange(table_VxD.shape[0])  # for the target; real_item_rows for the rest
@@ -137,7 +142,7 @@ def make_eval_step(model, num_items: int, full_ranking: bool = True):
             valid_BxV = (
                 real_item_rows(table_VxD.shape[0], num_items)[None] & ~seen_BxV & (ids_V[None] != targets_B[:, None])
             )
-            out["rank_full"] = rank_of_target(target_B, scores_BxV, valid_BxV)
+            out["full"] = rank_of_target(target_B, scores_BxV, valid_BxV)
         return out
 
     return eval_step

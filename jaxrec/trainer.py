@@ -17,9 +17,9 @@ import numpy as np
 from jaxrec import config as config_lib
 from jaxrec import run_dir
 from jaxrec.checkpoint import RunCheckpoints
-from jaxrec.data import leave_one_out, load_dataset, sample_eval_negatives
+from jaxrec.data import leave_one_out, load_dataset
 from jaxrec.data.pipeline import TrainBatches, parse_buckets, train_iterator
-from jaxrec.evaluation import LeaveOneOutEvaluator
+from jaxrec.evaluation import LeaveOneOutEvaluator, draw_eval_negatives
 from jaxrec.models import build_model
 from jaxrec.progress import Progress
 from jaxrec.train_step import compiler_options, init_state, make_optimizer, make_train_step
@@ -63,7 +63,7 @@ def run(
     split = leave_one_out(dataset)
     buckets = parse_buckets(cfg.train.length_buckets, cfg.model.max_len)
     plan = TrainBatches(split.train, split.num_items, cfg.model.max_len, cfg.train.batch_size, buckets, cfg.train.seed)
-    negatives = sample_eval_negatives(split, cfg.eval.num_negatives, cfg.data.seed)
+    negatives = draw_eval_negatives(split, cfg)
     model = build_model(cfg.model, split.num_items)
     evaluator = LeaveOneOutEvaluator(split, negatives, model, cfg, buckets)
     run_dir.write_json(workdir / "config.json", config_lib.to_dict(cfg))

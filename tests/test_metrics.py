@@ -56,7 +56,7 @@ def test_eval_step_ranks_match_numpy_brute_force_with_ties():
     history = np.concatenate([inputs, np.zeros((batch, 3), np.int32)], axis=1)
     history[1, -1] = 8  # a tying item hidden from full ranking for user 1
     history[2, -1] = 5  # the target itself in history: must stay a candidate
-    batch_dict = dict(inputs_BxL=inputs, targets_B=targets, negatives_BxN=negatives, history_BxH=history)
+    batch_dict = dict(inputs_BxL=inputs, targets_B=targets, negatives={"sampled": negatives}, history_BxH=history)
     out = jax.jit(make_eval_step(model, num_items))(params, batch_dict)
 
     h, tbl = model.apply({"params": params}, jnp.asarray(inputs), deterministic=True)
@@ -68,8 +68,8 @@ def test_eval_step_ranks_match_numpy_brute_force_with_ties():
             return float(np.float32(user[b] @ tbl[i]))
 
         target_score = score(targets[b])
-        assert out["rank_sampled"][b] == _brute_rank(target_score, [score(i) for i in negatives[b]])
+        assert out["sampled"][b] == _brute_rank(target_score, [score(i) for i in negatives[b]])
         seen = set(history[b].tolist()) - {0}
         candidates = [i for i in range(1, num_items + 1) if i not in seen and i != targets[b]]
-        assert out["rank_full"][b] == _brute_rank(target_score, [score(i) for i in candidates]), b
-    assert int(out["rank_sampled"][0]) >= 2  # the two ties count against the target
+        assert out["full"][b] == _brute_rank(target_score, [score(i) for i in candidates]), b
+    assert int(out["sampled"][0]) >= 2  # the two ties count against the target

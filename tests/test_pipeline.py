@@ -73,7 +73,7 @@ def test_eval_batches_cover_every_user_with_a_target_once():
     seqs = _seqs(30)
     targets = np.array([0 if i % 7 == 0 else 1 + i % 40 for i in range(30)], np.int32)
     negatives = np.ones((30, 5), np.int32)
-    batches = eval_batches(seqs, targets, negatives, seqs, max_len=16, batch_size=8, buckets=(8, 16))
+    batches = eval_batches(seqs, targets, {"sampled": negatives}, seqs, max_len=16, batch_size=8, buckets=(8, 16))
     weights = np.concatenate([b["weight_B"] for b in batches])
     got = np.concatenate([b["targets_B"] for b in batches])[weights > 0]
     assert sorted(got.tolist()) == sorted(targets[targets > 0].tolist())

@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 SASREC_ML1M_URL = "https://raw.githubusercontent.com/kang205/SASRec/master/data/ml-1m.txt"
 # sha256 of kang205/SASRec data/ml-1m.txt (git blob 9ab8e3edb8742f8d8cc4911e3dee25e82a6fcc24).
 SASREC_ML1M_CHECKSUM = ("sha256", "b725f3acb3986fe3130bffd1e77a74d182a1f51799567a236dbd60270f95b0a2")
+BERT4REC_BEAUTY_URL = "https://raw.githubusercontent.com/FeiSun/BERT4Rec/615eaf2004abecda487a38d5b0c72f3dcfcae5b3/data/beauty.txt"
+# sha256 of FeiSun/BERT4Rec data/beauty.txt (git blob 16718a33ebdb33504f257421b18ae8bf3ddfe327).
+BERT4REC_BEAUTY_CHECKSUM = ("sha256", "f480b7a7403852342ffd8f9809bb30697dd669be31813d0e204b698fec86ef49")
 ML1M_URL = "https://files.grouplens.org/datasets/movielens/ml-1m.zip"
 ML1M_CHECKSUM = ("md5", "c4d9eecfca2ab87c1945afe126590906")  # published by GroupLens
 
@@ -177,6 +180,22 @@ def _load_ml1m_sasrec(cfg: DataConfig) -> tuple[Interactions, RawGenres]:
     return read_sasrec_pairs(path), _sasrec_genres(path, data_dir)
 
 
+def _load_beauty_bert4rec(cfg: DataConfig) -> tuple[Interactions, RawGenres]:
+    data_dir = default_data_dir(cfg.data_dir)
+    if cfg.path:
+        path = Path(cfg.path)
+    else:
+        local = [Path(data_dir) / "bert4rec" / "beauty.txt"] if data_dir else []
+        path = _first_existing(*local) or fetch(
+            BERT4REC_BEAUTY_URL,
+            BERT4REC_BEAUTY_CHECKSUM,
+            cfg.cache_dir,
+            hint="Put BERT4Rec's beauty.txt in <data_dir>/bert4rec/ ($JAXREC_DATA or data.data_dir) "
+            "or set data.path to it.",
+        )
+    return read_sasrec_pairs(path), None
+
+
 def _extract(archive: Path, member: str, target: Path) -> Path:
     """Extracts one zip member to `target` through a temporary file (no partial files)."""
     if target.is_file():
@@ -232,6 +251,7 @@ def _load_synthetic(cfg: DataConfig) -> tuple[Interactions, RawGenres]:
 REGISTRY: dict[str, Loader] = {
     "ml-1m-sasrec": _load_ml1m_sasrec,
     "ml-1m": _load_ml1m,
+    "beauty-bert4rec": _load_beauty_bert4rec,
     "file": _load_file,
     "synthetic": _load_synthetic,
 }

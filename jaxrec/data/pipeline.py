@@ -136,7 +136,7 @@ def train_iterator(plan: TrainBatches, start_step: int, num_steps: int, prefetch
 def eval_batches(
     inputs: list[np.ndarray],
     targets: np.ndarray,
-    negatives: np.ndarray,
+    negatives: dict[str, np.ndarray],
     histories: list[np.ndarray],
     max_len: int,
     batch_size: int,
@@ -144,7 +144,7 @@ def eval_batches(
 ) -> list[dict[str, np.ndarray]]:
     """Evaluation batches over users with a target, grouped by history length.
 
-    Keys: inputs_BxL, targets_B, negatives_BxN, history_BxH (items excluded from full ranking,
+    Keys: inputs_BxL, targets_B, negatives ({protocol: BxN}), history_BxH (items excluded from full ranking,
     padded with 0 to the longest history), weight_B (1 for real rows, 0 for padding rows).
     """
     users = np.flatnonzero(targets > 0)
@@ -163,7 +163,7 @@ def eval_batches(
             {
                 "inputs_BxL": left_pad([inputs[u] for u in rows], length),
                 "targets_B": targets[rows].astype(np.int32),
-                "negatives_BxN": negatives[rows].astype(np.int32),
+                "negatives": {name: n[rows].astype(np.int32) for name, n in negatives.items()},
                 "history_BxH": left_pad([histories[u] for u in rows], width),
                 "weight_B": np.r_[np.ones(len(chunk)), np.zeros(pad)].astype(np.float32),
             }

@@ -85,28 +85,48 @@ def _first_unique_per_row(values: np.ndarray, num: int) -> tuple[np.ndarray, np.
     return out, keep.sum(axis=1)
 
 
-def _draw(rng: np.random.Generator, keys: np.ndarray, split: LeaveOneOutSplit, num: int) -> np.ndarray:
-    """One (U x num) matrix of negatives; see `sample_eval_negatives`."""
+def _draw(
+    rng: np.random.Generator, keys: np.ndarray, split: LeaveOneOutSplit, num: int, weight: np.ndarray | None = None
+) -> np.ndarray:
+    """One (U x num) matrix of negatives; see `sample_eval_negatives`.
+
+    `weight` (per item 1..n; None = uniform) is the proposal: draws come from it and are
+    rejected when seen by the user or already taken, which is sequential weighted sampling
+    without replacement (the same law as Gumbel top-k).
+    """
     n, stride, num_users = split.num_items, split.num_items + 1, split.num_users
     bounds = np.searchsorted(keys, np.arange(num_users + 1, dtype=np.int64) * stride)
+    prob = np.full(n, 1.0 / n) if weight is None else weight / weight.sum()
+    cdf = np.cumsum(prob)
+    seen_prob = np.r_[0.0, np.cumsum(prob[(keys % stride - 1).astype(np.int64)])]
+    avail_mass = np.maximum(1.0 - (seen_prob[bounds[1:]] - seen_prob[bounds[:-1]]), 0.0)
     avail = n - np.diff(bounds)
     out = np.zeros((num_users, num), dtype=np.int64)
-    # Rejection sampling stalls when few items are left; those rows draw from the complement.
-    explicit = (avail < 2 * num) | (4 * avail < n)
-    for u in np.flatnonzero(explicit):
-        complement = np.setdiff1d(np.arange(1, n + 1), keys[bounds[u] : bounds[u + 1]] - u * stride)
-        if complement.size:
-            out[u] = rng.choice(complement, num, replace=complement.size < num)
-        elif split.test_target[u] > 0:
-            raise DataError(f"user {u} interacted with all {n} items: no evaluation negatives can be drawn")
+
+    def draw_from_complement(users):
+        for u in users:
+            complement = np.setdiff1d(np.arange(1, n + 1), keys[bounds[u] : bounds[u + 1]] - u * stride)
+            if complement.size:
+                p = prob[complement - 1]
+                replace = complement.size < num or (p > 0).sum() < num
+                out[u] = rng.choice(complement, num, replace=replace, p=p / p.sum() if p.sum() > 0 else None)
+            elif split.test_target[u] > 0:
+                raise DataError(f"user {u} interacted with all {n} items: no evaluation negatives can be drawn")
+
+    # Rejection sampling stalls when little is left; those rows draw from the complement.
+    explicit = (avail < 2 * num) | (avail_mass < 0.25)
+    draw_from_complement(np.flatnonzero(explicit))
     rows = np.flatnonzero(~explicit)
     accepted = np.full((rows.size, num), -1, dtype=np.int64)
     have = np.zeros(rows.size, dtype=np.int64)
-    while rows.size:
+    for _ in range(50):
+        if not rows.size:
+            break
         # Size the batch of draws for a typical row; the unlucky rows go round again.
-        reject_rate = np.median(n / avail[rows])
+        reject_rate = np.median(1.0 / avail_mass[rows]) * (1.0 + num / np.median(avail[rows]))
         width = int(np.ceil((num - have).max() * reject_rate * 1.2)) + 8
-        candidates = rng.integers(1, n + 1, size=(rows.size, width), dtype=np.int64)
+        uniform = rng.random(size=(rows.size, width)) * cdf[-1]
+        candidates = np.minimum(np.searchsorted(cdf, uniform, side="right"), n - 1) + 1
         cand_keys = rows[:, None] * stride + candidates
         pos = np.minimum(np.searchsorted(keys, cand_keys), max(keys.size - 1, 0))
         seen = keys[pos] == cand_keys if keys.size else np.zeros(cand_keys.shape, dtype=bool)
@@ -115,20 +135,27 @@ def _draw(rng: np.random.Generator, keys: np.ndarray, split: LeaveOneOutSplit, n
         done = have == num
         out[rows[done]] = accepted[done]
         rows, accepted, have = rows[~done], accepted[~done], have[~done]
+    draw_from_complement(rows)  # mass left in a few items: finish exactly (same law, numpy's sequential draw)
     return out.astype(np.int32)
 
 
-def sample_eval_negatives(split: LeaveOneOutSplit, num_negatives: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Draws uniform negatives for the sampled-metric protocol (SASRec: 100 per user).
+def sample_eval_negatives(
+    split: LeaveOneOutSplit, num_negatives: int, seed: int, distribution: str = "uniform"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Draws negatives for a sampled-metric protocol.
 
-    Each row holds `num_negatives` items from 1..num_items that the user never interacted
-    with (train, valid or test), without repeats when enough such items exist (else with
-    repeats). Validation and test get independent draws. Deterministic for a seed.
+    `uniform` is SASRec's protocol (100 per user, uniform over items); `popularity` is
+    BERT4Rec's (100 per user, in proportion to each item's interaction count over the whole
+    dataset, as the BERT4Rec code counts them). Each row holds `num_negatives` items from
+    1..num_items that the user never interacted with (train, valid or test), without repeats
+    when enough such items exist (else with repeats). Validation and test get independent
+    draws. Deterministic for a seed.
 
     Args:
         split: the leave-one-out split.
         num_negatives: N, negatives per user.
         seed: numpy seed.
+        distribution: 'uniform' or 'popularity'.
 
     Returns:
         (valid_negatives_UxN, test_negatives_UxN), int32. Rows of users with target 0 are
@@ -139,8 +166,12 @@ def sample_eval_negatives(split: LeaveOneOutSplit, num_negatives: int, seed: int
     """
     if num_negatives < 1:
         raise DataError(f"num_negatives must be >= 1, got {num_negatives}")
+    if distribution not in ("uniform", "popularity"):
+        raise DataError(f"distribution must be 'uniform' or 'popularity', got {distribution!r}")
     rng = np.random.default_rng(seed)
     keys = _history_keys(split)
-    valid_negatives = _draw(rng, keys, split, num_negatives)
-    test_negatives = _draw(rng, keys, split, num_negatives)
-    return valid_negatives, test_negatives
+    weight = None
+    if distribution == "popularity":
+        every_interaction = np.concatenate([*split.train, split.valid_target, split.test_target]).astype(np.int64)
+        weight = np.bincount(every_interaction, minlength=split.num_items + 1)[1:].astype(np.float64)
+    return _draw(rng, keys, split, num_negatives, weight), _draw(rng, keys, split, num_negatives, weight)

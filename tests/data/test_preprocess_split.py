@@ -95,10 +95,11 @@ def test_leave_one_out_like_sasrec():
     assert split.valid_target.dtype == np.int32 and split.num_items == 9
 
 
-def test_eval_negatives_avoid_history_and_are_deterministic():
+@pytest.mark.parametrize("distribution", ["uniform", "popularity"])
+def test_eval_negatives_avoid_history_and_are_deterministic(distribution):
     ds = generate(300, 120, 30, seed=1)
     split = leave_one_out(ds)
-    valid, test = sample_eval_negatives(split, 50, seed=3)
+    valid, test = sample_eval_negatives(split, 50, seed=3, distribution=distribution)
     assert valid.shape == test.shape == (300, 50) and valid.dtype == np.int32
     for u, seq in enumerate(ds.sequences):
         history = set(seq.tolist())
@@ -107,19 +108,47 @@ def test_eval_negatives_avoid_history_and_are_deterministic():
             if len(history) + 50 <= ds.num_items:
                 assert len(set(row.tolist())) == 50
             assert not history & set(row.tolist())
-    again = sample_eval_negatives(split, 50, seed=3)
+    again = sample_eval_negatives(split, 50, seed=3, distribution=distribution)
     np.testing.assert_array_equal(valid, again[0])
     np.testing.assert_array_equal(test, again[1])
-    assert not np.array_equal(valid, sample_eval_negatives(split, 50, seed=4)[0])
+    assert not np.array_equal(valid, sample_eval_negatives(split, 50, seed=4, distribution=distribution)[0])
 
 
-def test_eval_negatives_small_catalogue():
+@pytest.mark.parametrize("distribution", ["uniform", "popularity"])
+def test_eval_negatives_small_catalogue(distribution):
     split = leave_one_out(_dataset([[1, 2, 3], [4, 5, 6, 1, 2]], 6))
-    valid, test = sample_eval_negatives(split, 4, seed=0)
-    assert set(valid[0].tolist()) == {4, 5, 6}  # 3 left for 4 draws: with repeats
+    valid, test = sample_eval_negatives(split, 4, seed=0, distribution=distribution)
+    assert set(valid[0].tolist()) <= {4, 5, 6}  # 3 left for 4 draws: with repeats
     assert set(test[1].tolist()) == {3}
     with pytest.raises(DataError, match="user 0 interacted with all 6 items"):
-        sample_eval_negatives(leave_one_out(_dataset([[1, 2, 3, 4, 5, 6]], 6)), 4, seed=0)
+        sample_eval_negatives(leave_one_out(_dataset([[1, 2, 3, 4, 5, 6]], 6)), 4, seed=0, distribution=distribution)
+
+
+def test_popularity_negatives_follow_item_counts():
+    # One draw per user is an exact categorical over the user's unseen items, weight = count.
+    ds = generate(300, 60, 12, seed=2)
+    split = leave_one_out(ds)
+    counts = np.bincount(np.concatenate(ds.sequences), minlength=61).astype(float)
+    expected = np.zeros(61)
+    for seq in ds.sequences:
+        weight = counts.copy()
+        weight[0] = 0
+        weight[np.asarray(seq)] = 0
+        expected += 2 * weight / weight.sum()  # valid and test draws
+    seeds = 40
+    drawn = np.zeros(61)
+    for seed in range(seeds):
+        valid, test = sample_eval_negatives(split, 1, seed=seed, distribution="popularity")
+        drawn += np.bincount(np.r_[valid[:, 0], test[:, 0]], minlength=61)
+    total_variation = 0.5 * np.abs(drawn / drawn.sum() - expected / expected.sum()).sum()
+    uniform_variation = 0.5 * np.abs(1 / 60 - expected[1:] / expected.sum()).sum()
+    assert total_variation < 0.03 < uniform_variation, (total_variation, uniform_variation)
+
+
+def test_eval_negatives_reject_unknown_distribution():
+    split = leave_one_out(_dataset([[1, 2, 3]], 6))
+    with pytest.raises(DataError, match="distribution"):
+        sample_eval_negatives(split, 4, seed=0, distribution="zipf")
 
 
 def test_synthetic_is_deterministic_skewed_and_sequential():
