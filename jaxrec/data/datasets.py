@@ -37,7 +37,9 @@ log = logging.getLogger(__name__)
 SASREC_ML1M_URL = "https://raw.githubusercontent.com/kang205/SASRec/master/data/ml-1m.txt"
 # sha256 of kang205/SASRec data/ml-1m.txt (git blob 9ab8e3edb8742f8d8cc4911e3dee25e82a6fcc24).
 SASREC_ML1M_CHECKSUM = ("sha256", "b725f3acb3986fe3130bffd1e77a74d182a1f51799567a236dbd60270f95b0a2")
-BERT4REC_BEAUTY_URL = "https://raw.githubusercontent.com/FeiSun/BERT4Rec/615eaf2004abecda487a38d5b0c72f3dcfcae5b3/data/beauty.txt"
+BERT4REC_BEAUTY_URL = (
+    "https://raw.githubusercontent.com/FeiSun/BERT4Rec/615eaf2004abecda487a38d5b0c72f3dcfcae5b3/data/beauty.txt"
+)
 # sha256 of FeiSun/BERT4Rec data/beauty.txt (git blob 16718a33ebdb33504f257421b18ae8bf3ddfe327).
 BERT4REC_BEAUTY_CHECKSUM = ("sha256", "f480b7a7403852342ffd8f9809bb30697dd669be31813d0e204b698fec86ef49")
 ML1M_URL = "https://files.grouplens.org/datasets/movielens/ml-1m.zip"
