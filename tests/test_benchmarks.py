@@ -33,3 +33,16 @@ def test_reproduce_harness_smoke(tmp_path):
     table = (tmp_path / "out" / "table.md").read_text()
     assert "0.1821 / 0.3152" in table and "epochs done" in table
     assert (tmp_path / "out" / "sasrec_ce.metrics.jsonl").exists()
+
+
+def test_loss_bench_smoke_checks_chunked_against_naive(tmp_path):
+    from benchmarks import loss_bench
+
+    out = tmp_path / "loss.jsonl"
+    records = loss_bench.main(["--smoke", "--out", str(out)])
+    checks = [r for r in records if r["figure"] == "check"]
+    assert checks and all(max(r["max_relative_error"].values()) < 1e-5 for r in checks)
+    steps = {(r["impl"], r["items"]): r for r in records if r["figure"] == "loss_step"}
+    assert steps[("chunked", 3000)]["ran"] and not steps[("naive", 3000)]["ran"]  # above --naive-max
+    assert steps[("naive", 3000)]["xla_peak_bytes"] > 0 and steps[("chunked", 500)]["step_ms"] > 0
+    assert len(out.read_text().splitlines()) == len(records)

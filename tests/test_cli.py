@@ -43,7 +43,7 @@ def test_contract_files_and_keys(tmp_path, capsys):
     final = json.loads((workdir / "metrics.json").read_text())
     for split in ("valid", "test"):
         for k in (1, 5, 10, 20):
-            for protocol in ("sampled", "full"):
+            for protocol in ("sampled", "popsampled", "full"):
                 assert 0.0 <= final[f"{split}/ndcg@{k}_{protocol}"] <= final[f"{split}/hr@{k}_{protocol}"] <= 1.0
         assert 0.0 < final[f"{split}/mrr_full"] <= 1.0
     assert final["train/seconds"] > 0
