@@ -7,13 +7,16 @@ Forward + backward (gradients for the queries and the whole item table) of the m
 N = 2,048 positions, d = 64, float32, 10% of the positions padding. Each (implementation, size) runs
 in its own process, so its peak resident memory is its own:
   compile_s           lowering + compilation
-  step_ms             median of --repeats timed calls after one warm-up call (min and max too)
+  step_ms             median of --repeats timed calls after one warm-up call (min and max too); above
+                      --single-above items one timed call (the step is compiled ahead, so it holds no compile)
   xla_temp_bytes      the compiled step's temporaries, from `memory_analysis()`
   xla_peak_bytes      temporaries + arguments + outputs (what the step needs resident)
   rss_delta_bytes     the process's peak RSS minus its RSS with the inputs built (CPU only)
 Naive CE runs for real up to --naive-max items; above that only its compiled memory is reported
 (`ran: false`). Where both run, a separate process checks that the loss and both gradients agree
-(max relative error, normalised by the largest gradient entry). One JSON line per record.
+(max relative error, normalised by the largest gradient entry) and times the two alternately
+(`chunked_over_naive_time`, the ratio of medians: robust to a machine whose load drifts).
+One JSON line per record.
 """
 
 from __future__ import annotations
@@ -80,7 +83,25 @@ def worker(args) -> dict:
         for name, a, b in zip(("loss", "grad_h", "grad_table"), naive_leaves, chunked_leaves, strict=True):
             a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
             errors[name] = float(np.abs(a - b).max() / max(np.abs(a).max(), 1e-30))
-        return {"figure": "check", "max_relative_error": errors, "loss": float(naive_leaves[0])}
+        del naive, chunked
+        # Alternate the two calls so that a noisy machine slows both alike: the ratio is the figure.
+        steps = {impl: _loss_and_grads(impl, num_items, args.chunk) for impl in ("naive", "chunked")}
+        times = {impl: [] for impl in steps}
+        for i in range(args.repeats + 1):
+            for impl, step in steps.items():
+                start = time.perf_counter()
+                jax.block_until_ready(step(h, table, targets))
+                if i:  # the first round compiles and warms up
+                    times[impl].append(time.perf_counter() - start)
+        naive_ms, chunked_ms = (1000 * float(np.median(times[impl])) for impl in ("naive", "chunked"))
+        return {
+            "figure": "check",
+            "max_relative_error": errors,
+            "loss": float(naive_leaves[0]),
+            "alternating_naive_ms": round(naive_ms, 2),
+            "alternating_chunked_ms": round(chunked_ms, 2),
+            "chunked_over_naive_time": round(chunked_ms / naive_ms, 3),
+        }
 
     step = _loss_and_grads(args.impl, num_items, args.chunk)
     start = time.perf_counter()
@@ -95,9 +116,11 @@ def worker(args) -> dict:
         )
     if args.no_run:
         return record
-    jax.block_until_ready(compiled(h, table, targets))  # warm-up
+    repeats = args.repeats if num_items <= args.single_above else 1
+    if repeats > 1:
+        jax.block_until_ready(compiled(h, table, targets))  # warm-up (compiled ahead: no compile in any call)
     times = []
-    for _ in range(args.repeats):
+    for _ in range(repeats):
         start = time.perf_counter()
         jax.block_until_ready(compiled(h, table, targets))
         times.append(time.perf_counter() - start)
@@ -107,7 +130,7 @@ def worker(args) -> dict:
         step_ms=round(1000 * float(np.median(times)), 2),
         step_ms_min=round(1000 * min(times), 2),
         step_ms_max=round(1000 * max(times), 2),
-        repeats=args.repeats,
+        repeats=repeats,
     )
     if jax.default_backend() == "cpu":
         record["rss_delta_bytes"] = int(peak_rss - rss_before)
@@ -131,6 +154,8 @@ def _spawn(impl: str, items: int, args, no_run: bool = False) -> dict:
         str(args.chunk),
         "--repeats",
         str(args.repeats),
+        "--single-above",
+        str(args.single_above),
     ] + (["--no-run"] if no_run else [])
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
@@ -146,6 +171,9 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--dim", type=int, default=DIM)
     parser.add_argument("--chunk", type=int, default=4096, help="catalogue rows per chunk of the chunked CE")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--single-above", type=float, default=1e6, help="larger sizes are timed once, without a warm-up (minutes each)"
+    )
     parser.add_argument("--out", default="", help="append the JSON lines to this file")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes for the tests")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)

@@ -42,6 +42,7 @@ def test_loss_bench_smoke_checks_chunked_against_naive(tmp_path):
     records = loss_bench.main(["--smoke", "--out", str(out)])
     checks = [r for r in records if r["figure"] == "check"]
     assert checks and all(max(r["max_relative_error"].values()) < 1e-5 for r in checks)
+    assert all(r["chunked_over_naive_time"] > 0 for r in checks)
     steps = {(r["impl"], r["items"]): r for r in records if r["figure"] == "loss_step"}
     assert steps[("chunked", 3000)]["ran"] and not steps[("naive", 3000)]["ran"]  # above --naive-max
     assert steps[("naive", 3000)]["xla_peak_bytes"] > 0 and steps[("chunked", 500)]["step_ms"] > 0
