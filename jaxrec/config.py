@@ -51,6 +51,14 @@ class ModelConfig:
     num_negatives: int = 256  # gbce: uniform negatives per step, shared by every position of the batch
     gbce_t: float = 0.75  # gbce: calibration parameter t (0 = plain BCE with num_negatives)
     ce_chunk: int = 4096  # ce_chunked: catalogue rows per chunk
+    # pinnerformer: per-event inputs besides the item; drop a name to ablate it or when the data lacks it
+    event_features: tuple[str, ...] = ("action", "surface", "duration", "time", "gap", "age")
+    # pinnerformer: periods (seconds) of the sin/cos "time" features: hour, day, week, mean month, mean year
+    time_periods: tuple[float, ...] = (3600.0, 86400.0, 604800.0, 2629746.0, 31556952.0)
+    num_actions: int = 8  # pinnerformer: rows of the action-type embedding (ids 1..num_actions-1, 0 = padding)
+    num_surfaces: int = 8  # pinnerformer: rows of the surface embedding (ids 1..num_surfaces-1, 0 = padding)
+    feature_dim: int = 8  # pinnerformer: width of each categorical event-feature embedding
+    item_tower: str = "id"  # pinnerformer: item embeddings from the "id" table, or an "mlp" over item features + id
 
 
 @dataclasses.dataclass(frozen=True)

@@ -170,3 +170,94 @@ def training_loss(cfg_model, num_items: int, h_BxLxD, table_VxD, batch, key):
         negatives_K = jax.random.randint(key, (cfg_model.num_negatives,), 1, num_items + 1)
         return gbce(h_BxLxD, table_VxD, positives_BxL, negatives_K, num_items, cfg_model.gbce_t)
     raise ValueError(f"unknown model.loss {cfg_model.loss!r}; known: bce, ce, ce_chunked, gbce")
+
+
+def temperature(log_tau_param, floor: float = 0.01):
+    """A learnable softmax temperature: tau = floor + exp(log_tau_param), so tau > floor always.
+
+    Smooth, unlike a clamp: no dead zone where the parameter drifts while tau sits at the floor (a clamp with
+    straight-through keeps the gradient but lets the parameter wander below the floor, and climbing back takes as
+    many steps). Above the floor it is exp, so Adam changes tau multiplicatively, as CLIP's log-scale does.
+    """
+    return floor + jnp.exp(jnp.asarray(log_tau_param, jnp.float32))
+
+
+def temperature_param(tau: float, floor: float = 0.01) -> float:
+    """The `log_tau_param` that gives temperature `tau` (for initialisation); tau must exceed the floor."""
+    if tau <= floor:
+        raise ValueError(f"initial temperature {tau} must exceed the floor {floor}")
+    return float(jnp.log(tau - floor))
+
+
+def sampled_softmax_loss(
+    query_NxD,
+    positive_NxD,
+    positive_ids_N,
+    positive_log_q_N,
+    candidate_MxD,
+    candidate_ids_M,
+    candidate_log_q_M,
+    temperature,
+    *,
+    logq_correction: bool = True,
+    remove_accidental_hits: bool = True,
+    weight_N=None,
+    per_user_ids_N=None,
+):
+    """Sampled softmax with logQ correction for two-tower retrieval; M candidates shared by all N queries.
+
+    For query u with positive p: logits s(u, x) = <u, x> / tau - log Q(x) over {p} and the M candidates (without
+    `- log Q` when `logq_correction` is off), loss = logsumexp(s) - s(u, p). One N x M logit matrix, never N x V.
+    Q comes with the candidates from `jaxrec.sampling` (log of x's expected count among the candidates).
+
+    Args:
+      query_NxD, positive_NxD: query and positive-item embeddings; any float dtype (logits are float32).
+      positive_ids_N: positive ids; rows with id 0 are padding and excluded.
+      positive_log_q_N, candidate_log_q_M: log Q of the positives and of the candidates.
+      candidate_MxD, candidate_ids_M: the shared candidates; candidates with id 0 are masked for every query.
+      temperature: tau, a float or a scalar array (`temperature(param)` for a learnable one).
+      remove_accidental_hits: mask, for each query, candidates whose id is that query's positive id (in-batch
+        candidates contain each query's own positive).
+      weight_N: optional per-example weights.
+      per_user_ids_N: if given, each user counts equally: a user's examples are (weight-)averaged, then the users
+        are averaged. Otherwise the loss is the (weighted) mean over examples.
+    Returns:
+      (loss, aux): aux["count"] real examples, aux["normaliser"] the loss's denominator (total weight, or number of
+      users: loss * normaliser sums across shards), aux["accidental_hits"] masked hits per real example.
+    """
+    inv_tau = 1.0 / jnp.asarray(temperature, jnp.float32)
+    valid_N = positive_ids_N > 0
+    real_M = candidate_ids_M > 0
+    pos_N = jnp.einsum("nd,nd->n", query_NxD, positive_NxD, preferred_element_type=jnp.float32) * inv_tau
+    neg_NxM = jnp.einsum("nd,md->nm", query_NxD, candidate_MxD, preferred_element_type=jnp.float32) * inv_tau
+    if logq_correction:
+        # where: padding's log Q may be -inf, and inf - inf would poison the gradients through the masks.
+        pos_N = pos_N - jnp.where(valid_N, positive_log_q_N.astype(jnp.float32), 0.0)
+        neg_NxM = neg_NxM - jnp.where(real_M, candidate_log_q_M.astype(jnp.float32), 0.0)[None]
+    hits_NxM = (candidate_ids_M[None] == positive_ids_N[:, None]) & valid_N[:, None] & real_M[None]
+    masked_NxM = ~real_M[None] | hits_NxM if remove_accidental_hits else ~real_M[None]
+    neg_NxM = jnp.where(masked_NxM, -jnp.inf, neg_NxM)
+    # The positive is always finite, so every row's logsumexp is too.
+    lse_N = jax.nn.logsumexp(jnp.concatenate([pos_N[:, None], neg_NxM], axis=1), axis=1)
+    per_example_N = lse_N - pos_N
+
+    w_N = valid_N.astype(jnp.float32)
+    if weight_N is not None:
+        w_N = w_N * weight_N.astype(jnp.float32)
+    if per_user_ids_N is None:
+        normaliser = w_N.sum()
+    else:
+        n = per_user_ids_N.shape[0]
+        _, user_N = jnp.unique(per_user_ids_N, size=n, return_inverse=True)
+        user_N = user_N.reshape(-1)
+        user_weight = jax.ops.segment_sum(w_N, user_N, num_segments=n)
+        w_N = w_N / jnp.maximum(user_weight[user_N], 1e-30)
+        normaliser = (user_weight > 0).sum().astype(jnp.float32)
+    count = valid_N.sum().astype(jnp.float32)
+    loss = jnp.where(valid_N, per_example_N * w_N, 0.0).sum() / jnp.maximum(normaliser, 1e-30)
+    aux = {
+        "count": count,
+        "normaliser": normaliser,
+        "accidental_hits": hits_NxM.sum().astype(jnp.float32) / jnp.maximum(count, 1.0),
+    }
+    return loss, aux

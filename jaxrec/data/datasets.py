@@ -45,6 +45,9 @@ BERT4REC_BEAUTY_CHECKSUM = ("sha256", "f480b7a7403852342ffd8f9809bb30697dd669be3
 ML1M_URL = "https://files.grouplens.org/datasets/movielens/ml-1m.zip"
 ML1M_CHECKSUM = ("md5", "c4d9eecfca2ab87c1945afe126590906")  # published by GroupLens
 
+# Users 1..2999 of ML-1M's ratings.dat with timestamps (see <data_dir>/ml-1m/PROVENANCE.md).
+ML1M_PARTIAL_FILE = "ratings_partial_users1-2999.dat.gz"
+
 RawGenres = dict[int, list[str]] | None
 Loader = Callable[[DataConfig], tuple[Interactions, RawGenres]]
 
@@ -240,6 +243,21 @@ def _load_ml1m(cfg: DataConfig) -> tuple[Interactions, RawGenres]:
     return read_movielens_ratings(ratings), read_movielens_genres(movies) if movies else None
 
 
+def _load_ml1m_partial(cfg: DataConfig) -> tuple[Interactions, RawGenres]:
+    """The local partial ML-1M ratings (users 1..2999, with timestamps); never downloaded."""
+    data_dir = default_data_dir(cfg.data_dir)
+    shared = Path(data_dir) / "ml-1m" if data_dir else None
+    ratings = Path(cfg.path) if cfg.path else _first_existing(shared / ML1M_PARTIAL_FILE if shared else None)
+    if ratings is None:
+        where = f"{shared}" if shared else "no data folder (data.data_dir, $JAXREC_DATA and ../shared/data are unset)"
+        raise DataError(
+            f"ml-1m-partial: {ML1M_PARTIAL_FILE} not found in {where}; put it in <data_dir>/ml-1m/ "
+            "or set data.path to it (it has no download)"
+        )
+    movies = _first_existing(ratings.parent / "movies.dat", shared / "movies.dat" if shared else None)
+    return read_movielens_ratings(ratings), read_movielens_genres(movies) if movies else None
+
+
 def _load_file(cfg: DataConfig) -> tuple[Interactions, RawGenres]:
     if not cfg.path:
         raise DataError("data.name='file' needs data.path: the CSV/TSV file to read")
@@ -253,6 +271,7 @@ def _load_synthetic(cfg: DataConfig) -> tuple[Interactions, RawGenres]:
 REGISTRY: dict[str, Loader] = {
     "ml-1m-sasrec": _load_ml1m_sasrec,
     "ml-1m": _load_ml1m,
+    "ml-1m-partial": _load_ml1m_partial,
     "beauty-bert4rec": _load_beauty_bert4rec,
     "file": _load_file,
     "synthetic": _load_synthetic,

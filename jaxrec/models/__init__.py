@@ -1,9 +1,10 @@
 """Model registry: name -> Linen module class taking (config, num_items)."""
 
 from jaxrec.models.bert4rec import BERT4Rec
+from jaxrec.models.pinnerformer import PinnerFormer
 from jaxrec.models.sasrec import SASRec, vocab_rows
 
-MODELS = {"sasrec": SASRec, "bert4rec": BERT4Rec}
+MODELS = {"sasrec": SASRec, "bert4rec": BERT4Rec, "pinnerformer": PinnerFormer}
 
 
 def build_model(config, num_items: int):
@@ -14,4 +15,4 @@ def build_model(config, num_items: int):
     return cls(config=config, num_items=num_items)
 
 
-__all__ = ["MODELS", "BERT4Rec", "SASRec", "build_model", "vocab_rows"]
+__all__ = ["MODELS", "BERT4Rec", "PinnerFormer", "SASRec", "build_model", "vocab_rows"]
