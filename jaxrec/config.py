@@ -38,7 +38,7 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    name: str = "sasrec"  # model registry entry: sasrec | bert4rec
+    name: str = "sasrec"  # model registry entry: sasrec | bert4rec | pinnerformer (two-tower, see RetrievalConfig)
     max_len: int = 200  # history length fed to the model (left padded)
     hidden: int = 50  # embedding and hidden width
     num_blocks: int = 2  # transformer blocks
@@ -88,11 +88,40 @@ class EvalConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class RetrievalConfig:
+    """Two-tower retrieval (model.name = pinnerformer): loss, negatives, objective, temporal evaluation."""
+
+    negatives: str = "mixed"  # in_batch | uniform | mixed (in-batch + uniform) | popularity
+    num_sampled: int = 1024  # uniform / popularity negatives per step, shared by the whole batch
+    logq: bool = True  # subtract log Q(x) from each candidate's logit (sampling-bias correction)
+    frequency: str = "count_min"  # Q's item frequencies: exact (training counts) | count_min | youtube (streaming)
+    sketch_depth: int = 4  # count_min / youtube: hash rows
+    sketch_width: int = 16384  # count_min / youtube: buckets per row (epsilon = e / width)
+    youtube_alpha: float = 0.01  # youtube: learning rate of the interval estimate
+    temperature: float = 0.0  # fixed softmax temperature; 0 = learnable (floor 0.01)
+    temperature_init: float = 0.05  # learnable temperature's initial value
+    per_user_loss: bool = True  # weight users equally (PinnerFormer), not examples
+    remove_accidental_hits: bool = True  # mask a negative equal to the example's positive
+    objective: str = "dense_all_action"  # next | dense_next | all_action | dense_all_action
+    window_events: int = 10  # all_action objectives: the future window of positives, in events
+    all_action_positives: int = 8  # all_action: positives sampled from the last position's window
+    dense_positions: int = 16  # dense_all_action: positions per sequence that each predict one positive
+    test_fraction: float = 0.1  # global cut-off: the last share of interactions (in time) is test
+    valid_fraction: float = 0.1  # of the events before it, the last share validates (checkpoint selection)
+    unseen_users_only: bool = False  # test only users without training events
+    eval_mode: str = "once"  # once | daily | realtime: when user embeddings are (re)computed
+    eval_window_unit: str = "events"  # events | days: the window of positives after an evaluation point
+    eval_window: float = 10.0  # its length in eval_window_unit
+    ks: tuple[int, ...] = (10, 50, 100)  # Recall@K cut-offs
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    retrieval: RetrievalConfig = dataclasses.field(default_factory=RetrievalConfig)
 
 
 def _coerce(value: str, field_type: Any, key: str) -> Any:
@@ -113,6 +142,14 @@ def _coerce(value: str, field_type: Any, key: str) -> Any:
         return value
     if field_type == tuple[int, ...]:
         return parse_ks(value, key)
+    if field_type in (tuple[str, ...], tuple[float, ...]):
+        parts = tuple(part.strip() for part in value.split(",") if part.strip())
+        if field_type == tuple[str, ...]:
+            return parts
+        try:
+            return tuple(float(part) for part in parts)
+        except ValueError:
+            raise ConfigError(f"{key}: expected comma-separated numbers, got {value!r}") from None
     raise ConfigError(f"{key}: fields of type {field_type} cannot be set from the command line")
 
 
@@ -184,6 +221,11 @@ def parse_ks(ks: str, key: str = "eval.ks") -> tuple[int, ...]:
     return values
 
 
+NEGATIVES = ("in_batch", "uniform", "mixed", "popularity")
+FREQUENCIES = ("exact", "count_min", "youtube")
+OBJECTIVES = ("next", "dense_next", "all_action", "dense_all_action")
+
+
 def validate(cfg: Config) -> None:
     """Cross-field and range checks; raises ConfigError naming the offending key."""
     checks = [
@@ -213,6 +255,24 @@ def validate(cfg: Config) -> None:
         (cfg.data.min_user_interactions >= 0, "data.min_user_interactions must be >= 0"),
         (cfg.data.min_item_interactions >= 0, "data.min_item_interactions must be >= 0"),
     ]
+    retrieval = cfg.retrieval
+    checks += [
+        (retrieval.negatives in NEGATIVES, f"retrieval.negatives must be one of {', '.join(NEGATIVES)}"),
+        (retrieval.frequency in FREQUENCIES, f"retrieval.frequency must be one of {', '.join(FREQUENCIES)}"),
+        (retrieval.objective in OBJECTIVES, f"retrieval.objective must be one of {', '.join(OBJECTIVES)}"),
+        (retrieval.num_sampled >= 1, "retrieval.num_sampled must be >= 1"),
+        (retrieval.sketch_depth >= 1 and retrieval.sketch_width >= 1, "retrieval.sketch_depth/width must be >= 1"),
+        (retrieval.temperature == 0.0 or retrieval.temperature >= 0.01, "retrieval.temperature must be 0 or >= 0.01"),
+        (retrieval.temperature_init > 0.01, "retrieval.temperature_init must be > 0.01 (the floor)"),
+        (retrieval.window_events >= 1, "retrieval.window_events must be >= 1"),
+        (retrieval.all_action_positives >= 1, "retrieval.all_action_positives must be >= 1"),
+        (retrieval.dense_positions >= 1, "retrieval.dense_positions must be >= 1"),
+        (0.0 < retrieval.test_fraction < 1.0, "retrieval.test_fraction must be in (0, 1)"),
+        (0.0 < retrieval.valid_fraction < 1.0, "retrieval.valid_fraction must be in (0, 1)"),
+        (retrieval.eval_mode in ("once", "daily", "realtime"), "retrieval.eval_mode must be once, daily or realtime"),
+        (retrieval.eval_window_unit in ("events", "days"), "retrieval.eval_window_unit must be events or days"),
+        (retrieval.eval_window > 0, "retrieval.eval_window must be > 0"),
+    ]
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
@@ -222,8 +282,13 @@ def validate(cfg: Config) -> None:
         raise ConfigError(
             f"eval.select_metric must be a valid/ metric (never select on test), got {cfg.eval.select_metric!r}"
         )
-    protocols = ("sampled", "full") if cfg.eval.full_ranking else ("sampled",)
-    known = [f"valid/mrr_{p}" for p in protocols]
-    known += [f"valid/{m}@{k}_{p}" for p in protocols for m in ("hr", "ndcg") for k in cfg.eval.ks]
+    if cfg.model.name == "pinnerformer":
+        known = [f"valid/recall@{k}" for k in cfg.retrieval.ks]
+    else:
+        protocols = ("sampled", "full") if cfg.eval.full_ranking else ("sampled",)
+        if cfg.eval.popularity_negatives:
+            protocols += ("popsampled",)
+        known = [f"valid/mrr_{p}" for p in protocols]
+        known += [f"valid/{m}@{k}_{p}" for p in protocols for m in ("hr", "ndcg") for k in cfg.eval.ks]
     if cfg.eval.select_metric not in known:
         raise ConfigError(f"eval.select_metric {cfg.eval.select_metric!r} is not computed; choose one of {known}")

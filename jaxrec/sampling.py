@@ -209,8 +209,8 @@ class StreamingFrequency(NamedTuple):
 def youtube_init(depth: int, width: int, seed: int = 0) -> StreamingFrequency:
     """Yi et al. 2019 ("Sampling-bias-corrected neural modeling", algorithm 2) with `depth` hash rows."""
     a_R, b_R = _hash_params(depth, seed)
-    zeros = jnp.zeros((depth, width), jnp.float32)
-    return StreamingFrequency(zeros, zeros, a_R, b_R)
+    # Two arrays, not one twice: a train step that donates its state may not donate a buffer twice.
+    return StreamingFrequency(jnp.zeros((depth, width), jnp.float32), jnp.zeros((depth, width), jnp.float32), a_R, b_R)
 
 
 def youtube_update(est: StreamingFrequency, ids, step, alpha: float = 0.01) -> StreamingFrequency:

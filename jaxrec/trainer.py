@@ -54,6 +54,10 @@ def run(
 
     `interrupt_after_epoch` simulates a crash after that epoch's checkpoint (for tests).
     """
+    if cfg.model.name == "pinnerformer":  # two-tower retrieval: temporal split, its own loop
+        from jaxrec import retrieval_trainer
+
+        return retrieval_trainer.run(cfg, workdir, resume, interrupt_after_epoch)
     config_lib.validate(cfg)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)

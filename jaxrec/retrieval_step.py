@@ -1,0 +1,152 @@
+"""The two-tower train step: user tower, item tower, negatives, frequency estimate, sampled softmax.
+
+Legend: B users per batch, L history length, P examples per user, N = B x P examples, M candidates,
+D embedding width, V item-table rows.
+
+One jitted step (static shapes) does, in order: update the streaming frequency estimate with the
+batch's positives (count-min sketch or Yi et al.'s estimator, part of the state, so it is
+checkpointed), draw the negatives (`retrieval.negatives`), and take an Adam step on the sampled
+softmax with logQ correction (`retrieval.logq`) at a learnable or fixed temperature.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxrec import sampling
+from jaxrec.config import Config
+from jaxrec.losses import sampled_softmax_loss, temperature, temperature_param
+from jaxrec.train_step import RNG_IMPL
+
+
+@flax.struct.dataclass
+class RetrievalState:
+    step: jax.Array  # int32 scalar: optimizer steps taken
+    params: Any  # {"model": tower parameters, "log_tau": learnable temperature (absent when fixed)}
+    opt_state: Any  # optax state
+    frequency: Any  # CountMinSketch | StreamingFrequency | None (exact counts live in the step's closure)
+    rng_data: jax.Array  # raw key data of the base rng; step keys are fold_in(rng, step)
+
+
+def init_state(model, tx, cfg: Config, example_batch: dict[str, np.ndarray]) -> RetrievalState:
+    key = jax.random.key(cfg.train.seed, impl=RNG_IMPL)
+    init_key, base_key = jax.random.split(key)
+    inputs = {k: v[:1] for k, v in example_batch.items() if not k.endswith("_BxP")}
+    params = {"model": jax.jit(lambda k: model.init({"params": k}, inputs)["params"])(init_key)}
+    if cfg.retrieval.temperature == 0.0:
+        params["log_tau"] = jnp.asarray(temperature_param(cfg.retrieval.temperature_init), jnp.float32)
+    r = cfg.retrieval
+    frequency = None
+    if r.frequency == "count_min":
+        frequency = sampling.cms_init(r.sketch_depth, r.sketch_width, cfg.train.seed)
+    elif r.frequency == "youtube":
+        frequency = sampling.youtube_init(r.sketch_depth, r.sketch_width, cfg.train.seed)
+    return RetrievalState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=tx.init(params),
+        frequency=frequency,
+        rng_data=jax.random.key_data(base_key),
+    )
+
+
+def _log_freq(cfg: Config, frequency, exact_log_p_V, examples: int):
+    """log p(x) (the chance one training example's positive is x), from the configured estimator."""
+    if cfg.retrieval.frequency == "count_min":
+        return lambda ids: sampling.cms_log_prob(frequency, ids)
+    if cfg.retrieval.frequency == "youtube":
+        # 1/B estimates the chance x is in a step's batch, ~ examples * p(x).
+        return lambda ids: sampling.youtube_log_q(frequency, ids) - math.log(examples)
+    return exact_log_p_V
+
+
+def _candidates(cfg: Config, key, positive_ids_N, log_freq, exact_log_p_V, num_items: int):
+    r = cfg.retrieval
+    if r.negatives == "in_batch":
+        return sampling.in_batch(positive_ids_N, log_freq)
+    if r.negatives == "uniform":
+        return sampling.uniform(key, r.num_sampled, num_items)
+    if r.negatives == "mixed":
+        return sampling.mixed(key, positive_ids_N, log_freq, r.num_sampled, num_items)
+    return sampling.popularity(key, r.num_sampled, exact_log_p_V)
+
+
+def _positive_log_q(cfg: Config, positive_ids_N, log_freq, num_items: int):
+    """log Q of each positive under the sampler that could have drawn it as a negative."""
+    r = cfg.retrieval
+    if r.negatives in ("in_batch", "mixed"):
+        return sampling.in_batch(positive_ids_N, log_freq)[1]
+    if r.negatives == "uniform":
+        return jnp.full(positive_ids_N.shape, math.log(r.num_sampled / num_items), jnp.float32)
+    log_p = log_freq(positive_ids_N) if callable(log_freq) else log_freq[positive_ids_N]
+    return math.log(r.num_sampled) + log_p
+
+
+def make_optimizer(cfg: Config) -> optax.GradientTransformation:
+    return optax.adam(cfg.train.learning_rate, b1=cfg.train.adam_b1, b2=cfg.train.adam_b2)
+
+
+def make_train_step(model, tx, cfg: Config, num_items: int, exact_counts_V: np.ndarray, item_features=None):
+    """Returns train_step(state, batch) -> (state, {"loss", "temperature", "accidental_hits"})."""
+    r = cfg.retrieval
+    # Exact frequencies (and the popularity sampler's law) from training counts; add-one keeps log finite.
+    exact_log_p_V = jnp.asarray(sampling.item_log_probs(exact_counts_V, smoothing=1.0))
+    features_VxC = None if item_features is None else jnp.asarray(item_features, jnp.float32)
+
+    def loss_fn(params, frequency, batch, key):
+        dropout_key, sample_key = jax.random.split(key)
+        inputs = {k: v for k, v in batch.items() if not k.endswith("_BxP")}
+        h_BxLxD = model.apply(
+            {"params": params["model"]}, inputs, deterministic=False, rngs={"dropout": dropout_key}, method="encode"
+        )
+        positions_BxP, positives_BxP = batch["positions_BxP"], batch["positives_BxP"]
+        batch_size, per_user = positives_BxP.shape
+        query_NxD = jnp.take_along_axis(h_BxLxD, positions_BxP[..., None], axis=1).reshape(-1, h_BxLxD.shape[-1])
+        positive_ids_N = positives_BxP.reshape(-1)
+        log_freq = _log_freq(cfg, frequency, exact_log_p_V, positive_ids_N.size)
+        candidate_ids_M, candidate_log_q_M = _candidates(
+            cfg, sample_key, positive_ids_N, log_freq, exact_log_p_V, num_items
+        )
+
+        def items(ids):
+            features = None if features_VxC is None else features_VxC[ids]
+            return model.apply({"params": params["model"]}, ids, features, method="encode_items")
+
+        tau = temperature(params["log_tau"]) if "log_tau" in params else r.temperature
+        loss, aux = sampled_softmax_loss(
+            query_NxD,
+            items(positive_ids_N),
+            positive_ids_N,
+            _positive_log_q(cfg, positive_ids_N, log_freq, num_items),
+            items(candidate_ids_M),
+            candidate_ids_M,
+            candidate_log_q_M,
+            tau,
+            logq_correction=r.logq,
+            remove_accidental_hits=r.remove_accidental_hits,
+            per_user_ids_N=jnp.repeat(jnp.arange(batch_size), per_user) if r.per_user_loss else None,
+        )
+        return loss, {"temperature": jnp.asarray(tau, jnp.float32), "accidental_hits": aux["accidental_hits"]}
+
+    def train_step(state: RetrievalState, batch):
+        key = jax.random.fold_in(jax.random.wrap_key_data(state.rng_data, impl=RNG_IMPL), state.step)
+        positives = batch["positives_BxP"]
+        frequency = state.frequency
+        if r.frequency == "count_min":
+            frequency = sampling.cms_update(frequency, positives)
+        elif r.frequency == "youtube":
+            frequency = sampling.youtube_update(frequency, positives, state.step + 1, r.youtube_alpha)
+        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, frequency, batch, key)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, frequency=frequency)
+        return new_state, {"loss": loss, **metrics}
+
+    return train_step

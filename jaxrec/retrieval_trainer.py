@@ -1,0 +1,178 @@
+"""The two-tower training loop (model.name = pinnerformer): temporal split, train, validate, test.
+
+Split: a global cut-off keeps the last `retrieval.test_fraction` of interactions (in time) for test;
+of the events before it, the last `retrieval.valid_fraction` validate. Training examples come from
+the events before the validation cut-off only; validation picks the best checkpoint by
+valid/recall@K (K = the first of `retrieval.ks`); the test evaluates that checkpoint with every
+event before the test cut-off as history. Outputs follow the leave-one-out trainer's contract
+(config.json, metrics.jsonl, metrics.json, checkpoints/{latest,best}, --resume).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxrec import config as config_lib
+from jaxrec import run_dir
+from jaxrec.checkpoint import RunCheckpoints
+from jaxrec.data.events import load_events
+from jaxrec.data.pipeline import train_iterator
+from jaxrec.data.retrieval_batches import RetrievalBatches
+from jaxrec.models import build_model
+from jaxrec.retrieval_step import init_state, make_optimizer, make_train_step
+from jaxrec.temporal import TemporalEvalConfig, evaluate, temporal_split, user_embedder
+from jaxrec.train_step import compiler_options
+from jaxrec.trainer import TrainingDiverged
+
+log = logging.getLogger("jaxrec")
+
+
+def _eval_config(cfg: config_lib.Config) -> TemporalEvalConfig:
+    r = cfg.retrieval
+    return TemporalEvalConfig(
+        mode=r.eval_mode,
+        window_unit=r.eval_window_unit,
+        window_size=r.eval_window,
+        ks=r.ks,
+        batch_size=cfg.eval.batch_size,
+    )
+
+
+def _item_embeddings(model, params, num_items: int, item_features):
+    ids = jnp.arange(num_items + 1)
+    features = None if item_features is None else jnp.asarray(item_features, jnp.float32)
+    return model.apply({"params": params["model"]}, ids, features, method="encode_items")
+
+
+def _evaluate(model, params, split, cfg, prefix: str, item_features) -> dict[str, float]:
+    items = _item_embeddings(model, params, split.data.num_items, item_features)
+    result = evaluate(user_embedder(model, params["model"]), items, split, _eval_config(cfg), cfg.model.max_len)
+    return {f"{prefix}/{k}": float(v) for k, v in result.items()}
+
+
+def run(cfg: config_lib.Config, workdir, resume: bool = False, interrupt_after_epoch: int | None = None):
+    """Trains and evaluates a two-tower model as `cfg` says; returns the final metrics (also in metrics.json)."""
+    config_lib.validate(cfg)
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    run_dir.check_workdir(workdir, cfg, resume)
+    r = cfg.retrieval
+
+    events = load_events(cfg.data)
+    test_split = temporal_split(events, r.test_fraction, r.unseen_users_only)
+    valid_split = temporal_split(test_split.train, r.valid_fraction)
+    if test_split.test_users.size == 0 or valid_split.test_users.size == 0:
+        raise ValueError("the temporal split left no test or no validation user; change retrieval.*_fraction")
+    train_events = valid_split.train
+    counts = np.bincount(np.concatenate(train_events.items), minlength=events.num_items + 1)
+    item_features = events.item_categories if cfg.model.item_tower == "mlp" else None
+    plan = RetrievalBatches(
+        events,
+        valid_split.train_length,
+        r.objective,
+        cfg.model.max_len,
+        cfg.train.batch_size,
+        cfg.train.seed,
+        r.window_events,
+        r.all_action_positives,
+        r.dense_positions,
+    )
+    model = build_model(cfg.model, events.num_items)
+    run_dir.write_json(workdir / "config.json", config_lib.to_dict(cfg))
+    log.info(
+        "events %s: %d users, %d items, %d events; %d train users, %d valid users, %d test users; %d steps/epoch",
+        events.name,
+        events.num_users,
+        events.num_items,
+        events.num_events,
+        plan.users.size,
+        valid_split.test_users.size,
+        test_split.test_users.size,
+        plan.steps_per_epoch,
+    )
+
+    tx = make_optimizer(cfg)
+    state = init_state(model, tx, cfg, plan(0))
+    checkpoints = RunCheckpoints(workdir)
+    record = {"epoch": 0, "best_value": -math.inf, "best_epoch": 0, "train_seconds": 0.0}
+    if resume and checkpoints.latest_step() is not None:
+        state, record = checkpoints.restore("latest", state)
+        run_dir.truncate_jsonl(workdir / "metrics.jsonl", int(state.step))
+        log.info("resumed from step %d (epoch %d)", int(state.step), record["epoch"])
+
+    compile_start = time.perf_counter()
+    step_fn = make_train_step(model, tx, cfg, events.num_items, counts, item_features)
+    train_step = jax.jit(step_fn, donate_argnums=0).lower(state, plan(0)).compile(compiler_options=compiler_options())
+    compile_seconds = time.perf_counter() - compile_start
+    log.info("compiled the train step in %.1f s", compile_seconds)
+
+    select = f"valid/recall@{r.ks[0]}"
+    step = int(state.step)
+    batches = train_iterator(plan, step, cfg.train.num_epochs * plan.steps_per_epoch)
+    train_seconds, epoch = float(record["train_seconds"]), record["epoch"]
+    try:
+        while epoch < cfg.train.num_epochs:
+            epoch += 1
+            epoch_start = time.perf_counter()
+            losses = []
+            for _ in range(plan.steps_per_epoch):
+                state, metrics = train_step(state, next(batches))
+                losses.append(metrics["loss"])
+                step += 1
+            epoch_loss = float(np.mean(jax.device_get(losses)))
+            train_seconds += time.perf_counter() - epoch_start
+            if not np.isfinite(epoch_loss):
+                raise TrainingDiverged(f"training loss is {epoch_loss} at epoch {epoch}; lower train.learning_rate")
+            record.update(epoch=epoch, train_seconds=train_seconds)
+            capped = 0 < cfg.train.max_train_seconds <= train_seconds
+            if epoch % cfg.eval.every_epochs == 0 or epoch == cfg.train.num_epochs or capped:
+                eval_start = time.perf_counter()
+                valid = _evaluate(model, state.params, valid_split, cfg, "valid", item_features)
+                entry = {
+                    "epoch": epoch,
+                    "step": step,
+                    "train/loss": epoch_loss,
+                    "train/temperature": float(metrics["temperature"]),
+                    "train/seconds": train_seconds,
+                    "eval/seconds": time.perf_counter() - eval_start,
+                    **valid,
+                }
+                if valid[select] > record["best_value"]:
+                    record.update(best_value=valid[select], best_epoch=epoch)
+                    checkpoints.save("best", step, state, record)
+                checkpoints.save("latest", step, state, record)
+                checkpoints.wait()
+                run_dir.append_jsonl(workdir / "metrics.jsonl", entry)
+                log.info("epoch %d loss %.4f %s %.4f", epoch, epoch_loss, select, valid[select])
+            else:
+                checkpoints.save("latest", step, state, record)
+            if interrupt_after_epoch == epoch:
+                checkpoints.wait()
+                raise KeyboardInterrupt(f"simulated interruption after epoch {epoch}")
+            if capped:
+                log.info("train.max_train_seconds=%s reached after epoch %d", cfg.train.max_train_seconds, epoch)
+                break
+        checkpoints.wait()
+        best_state, best_record = checkpoints.restore("best", state)
+        eval_start = time.perf_counter()
+        final = {
+            "best_epoch": best_record["best_epoch"],
+            "epochs": epoch,
+            "train/seconds": train_seconds,
+            "compile/seconds": compile_seconds,
+            **_evaluate(model, best_state.params, valid_split, cfg, "valid", item_features),
+            **_evaluate(model, best_state.params, test_split, cfg, "test", item_features),
+        }
+        final["eval/seconds"] = time.perf_counter() - eval_start
+        run_dir.write_json(workdir / "metrics.json", final)
+        return final
+    finally:
+        checkpoints.wait()
+        checkpoints.close()
