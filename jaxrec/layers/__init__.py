@@ -1,0 +1,1 @@
+"""Flax Linen building blocks: pluggable attention, transformer blocks, hash dropout."""
