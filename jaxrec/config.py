@@ -116,12 +116,31 @@ class RetrievalConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class CTRConfig:
+    """Click-through-rate ranking (model.name = wdl | wdl_seq | din | bst): examples, features, regularisation."""
+
+    labels: str = "explicit"  # explicit: the event's action gives the label | implicit: next item 1, sampled items 0
+    positive_actions: tuple[str, ...] = ()  # explicit: action names labelled 1; () = ratings 4,5 / click,save
+    num_negatives: int = 1  # implicit: items sampled (label 0) per positive, never ones the user interacted with
+    min_history: int = 1  # an example needs at least this many events strictly before its time
+    valid_fraction: float = 0.1  # examples between the valid and test time quantiles validate (checkpoint choice)
+    test_fraction: float = 0.1  # the last share of examples in time is test
+    user_features: bool = True  # gender, age and occupation (ML-1M users.dat; random for synthetic) when found
+    mlp: tuple[int, ...] = (1024, 512, 256)  # widths of the prediction MLP's hidden layers
+    attention_mlp: tuple[int, ...] = (80, 40)  # din: hidden widths of the activation unit
+    activation: str = "relu"  # MLP activation: relu | leaky_relu | prelu | dice (DIN's, with batch statistics)
+    time_buckets: int = 32  # bst: rows of the embedding of bucketed log2(1 + seconds before the recommendation)
+    l2_reg: float = 0.0  # mini-batch aware L2 (DIN): item and genre rows in the batch, each weighted 1 / n_j
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
     retrieval: RetrievalConfig = dataclasses.field(default_factory=RetrievalConfig)
+    ctr: CTRConfig = dataclasses.field(default_factory=CTRConfig)
 
 
 def _coerce(value: str, field_type: Any, key: str) -> Any:
@@ -224,6 +243,8 @@ def parse_ks(ks: str, key: str = "eval.ks") -> tuple[int, ...]:
 NEGATIVES = ("in_batch", "uniform", "mixed", "popularity")
 FREQUENCIES = ("exact", "count_min", "youtube")
 OBJECTIVES = ("next", "dense_next", "all_action", "dense_all_action")
+CTR_MODELS = ("wdl", "wdl_seq", "din", "bst")
+CTR_ACTIVATIONS = ("relu", "leaky_relu", "prelu", "dice")
 
 
 def validate(cfg: Config) -> None:
@@ -273,6 +294,18 @@ def validate(cfg: Config) -> None:
         (retrieval.eval_window_unit in ("events", "days"), "retrieval.eval_window_unit must be events or days"),
         (retrieval.eval_window > 0, "retrieval.eval_window must be > 0"),
     ]
+    ctr = cfg.ctr
+    checks += [
+        (ctr.labels in ("explicit", "implicit"), "ctr.labels must be explicit or implicit"),
+        (ctr.num_negatives >= 1, "ctr.num_negatives must be >= 1"),
+        (ctr.min_history >= 0, "ctr.min_history must be >= 0"),
+        (0.0 < ctr.valid_fraction and 0.0 < ctr.test_fraction, "ctr.valid_fraction and ctr.test_fraction must be > 0"),
+        (ctr.valid_fraction + ctr.test_fraction < 1.0, "ctr.valid_fraction + ctr.test_fraction must be < 1"),
+        (all(w >= 1 for w in ctr.mlp + ctr.attention_mlp), "ctr.mlp and ctr.attention_mlp widths must be >= 1"),
+        (ctr.activation in CTR_ACTIVATIONS, f"ctr.activation must be one of {', '.join(CTR_ACTIVATIONS)}"),
+        (ctr.time_buckets >= 2, "ctr.time_buckets must be >= 2"),
+        (ctr.l2_reg >= 0.0, "ctr.l2_reg must be >= 0"),
+    ]
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
@@ -284,6 +317,8 @@ def validate(cfg: Config) -> None:
         )
     if cfg.model.name == "pinnerformer":
         known = [f"valid/recall@{k}" for k in cfg.retrieval.ks]
+    elif cfg.model.name in CTR_MODELS:
+        known = ["valid/auc", "valid/gauc"]
     else:
         protocols = ("sampled", "full") if cfg.eval.full_ranking else ("sampled",)
         if cfg.eval.popularity_negatives:

@@ -10,6 +10,7 @@ event before the test cut-off as history. Outputs follow the leave-one-out train
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -57,14 +58,9 @@ def _evaluate(model, params, split, cfg, prefix: str, item_features) -> dict[str
     return {f"{prefix}/{k}": float(v) for k, v in result.items()}
 
 
-def run(cfg: config_lib.Config, workdir, resume: bool = False, interrupt_after_epoch: int | None = None):
-    """Trains and evaluates a two-tower model as `cfg` says; returns the final metrics (also in metrics.json)."""
-    config_lib.validate(cfg)
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    run_dir.check_workdir(workdir, cfg, resume)
+def _prepare(cfg: config_lib.Config):
+    """(events, test split, validation split, training batches, training counts, item features) of `cfg`."""
     r = cfg.retrieval
-
     events = load_events(cfg.data)
     test_split = temporal_split(events, r.test_fraction, r.unseen_users_only)
     valid_split = temporal_split(test_split.train, r.valid_fraction)
@@ -84,6 +80,39 @@ def run(cfg: config_lib.Config, workdir, resume: bool = False, interrupt_after_e
         r.all_action_positives,
         r.dense_positions,
     )
+    return events, test_split, valid_split, plan, counts, item_features
+
+
+def evaluate_checkpoint(workdir, overrides: list[str] = (), which: str = "best") -> dict[str, float]:
+    """Test metrics of a finished run's checkpoint under another evaluation setting.
+
+    `overrides` may change `retrieval.eval_*` (e.g. "retrieval.eval_mode=realtime") and `eval.batch_size`;
+    the data, model and split come from the run's config.json.
+    """
+    workdir = Path(workdir)
+    cfg = config_lib.from_dict(json.loads((workdir / "config.json").read_text()))
+    changed = config_lib.apply_overrides(cfg, list(overrides))
+    config_lib.validate(changed)
+    events, test_split, _, plan, counts, item_features = _prepare(cfg)
+    model = build_model(cfg.model, events.num_items)
+    state = init_state(model, make_optimizer(cfg), cfg, plan(0))
+    checkpoints = RunCheckpoints(workdir)
+    try:
+        state, _ = checkpoints.restore(which, state)
+    finally:
+        checkpoints.close()
+    return _evaluate(model, state.params, test_split, changed, "test", item_features)
+
+
+def run(cfg: config_lib.Config, workdir, resume: bool = False, interrupt_after_epoch: int | None = None):
+    """Trains and evaluates a two-tower model as `cfg` says; returns the final metrics (also in metrics.json)."""
+    config_lib.validate(cfg)
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    run_dir.check_workdir(workdir, cfg, resume)
+    r = cfg.retrieval
+
+    events, test_split, valid_split, plan, counts, item_features = _prepare(cfg)
     model = build_model(cfg.model, events.num_items)
     run_dir.write_json(workdir / "config.json", config_lib.to_dict(cfg))
     log.info(

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from jaxrec import trainer
+from jaxrec import retrieval_trainer, trainer
 from jaxrec.config import Config, DataConfig, EvalConfig, ModelConfig, RetrievalConfig, TrainConfig
 from jaxrec.data.events import synthetic_events
 from jaxrec.data.retrieval_batches import RetrievalBatches
@@ -80,6 +80,11 @@ def test_training_beats_chance_and_reports_the_temporal_metrics(tmp_path):
     assert 0.0 < metrics["test/p90_coverage@10"] <= 1.0 and metrics["test/entropy@50"] > 0.0
     lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [line["epoch"] for line in lines] == [1, 2, 3] and all("valid/recall@10" in line for line in lines)
+    # The best checkpoint, evaluated again: the same figures "once", more points "realtime".
+    again = retrieval_trainer.evaluate_checkpoint(tmp_path / "run")
+    assert again["test/recall@10"] == pytest.approx(metrics["test/recall@10"], abs=1e-6)
+    realtime = retrieval_trainer.evaluate_checkpoint(tmp_path / "run", ["retrieval.eval_mode=realtime"])
+    assert realtime["test/points"] > metrics["test/points"] and 0.0 < realtime["test/recall@10"] <= 1.0
 
 
 def test_interrupted_retrieval_run_resumes_to_the_same_result(tmp_path):

@@ -246,3 +246,23 @@ def read_delimited(
     return Interactions(
         user=by_role["user"], item=by_role["item"], timestamp=by_role.get("time"), extra=extra, source=source
     )
+
+
+def read_movielens_users(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Reads MovieLens `UserID::Gender::Age::Occupation::Zip-code` lines (users.dat, Latin-1).
+
+    Returns:
+        {"user": int64 raw ids, "gender": str, "age": int64 age-group codes, "occupation": int64 codes,
+        "zip": str}, one (U,) array each, in file order.
+    """
+    source = str(path)
+    text = _read_text(path, "latin-1")
+    fields = [("user id", "int"), ("gender", "auto"), ("age", "int"), ("occupation", "int"), ("zip-code", "auto")]
+    user, gender, age, occupation, zip_code = _parse_table(text, source, "::", fields)
+    return {
+        "user": user,
+        "gender": gender.astype(str),
+        "age": age,
+        "occupation": occupation,
+        "zip": zip_code.astype(str),
+    }
