@@ -38,7 +38,8 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    name: str = "sasrec"  # model registry entry: sasrec | bert4rec | pinnerformer (two-tower, see RetrievalConfig)
+    # model registry entry: sasrec | bert4rec | gru4rec | mf | youtube_dnn | pinnerformer (two-tower: RetrievalConfig)
+    name: str = "sasrec"
     max_len: int = 200  # history length fed to the model (left padded)
     hidden: int = 50  # embedding and hidden width
     num_blocks: int = 2  # transformer blocks
@@ -47,8 +48,8 @@ class ModelConfig:
     attention: str = "auto"  # attention implementation: auto | xla | reference (see jaxrec.layers.attention)
     shared_output_embedding: bool = True  # False: a separate output item table (SASRec ablation)
     mask_prob: float = 0.2  # bert4rec: probability that the cloze task masks an item
-    loss: str = "bce"  # training loss: bce | ce | ce_chunked | gbce (see jaxrec/losses.py)
-    num_negatives: int = 256  # gbce: uniform negatives per step, shared by every position of the batch
+    loss: str = "bce"  # training loss: bce | bpr | ce | ce_chunked | gbce | sampled (see jaxrec/losses.py)
+    num_negatives: int = 256  # gbce, sampled: negatives per step, shared by every position of the batch
     gbce_t: float = 0.75  # gbce: calibration parameter t (0 = plain BCE with num_negatives)
     ce_chunk: int = 4096  # ce_chunked: catalogue rows per chunk
     # pinnerformer: per-event inputs besides the item; drop a name to ablate it or when the data lacks it
@@ -57,8 +58,14 @@ class ModelConfig:
     time_periods: tuple[float, ...] = (3600.0, 86400.0, 604800.0, 2629746.0, 31556952.0)
     num_actions: int = 8  # pinnerformer: rows of the action-type embedding (ids 1..num_actions-1, 0 = padding)
     num_surfaces: int = 8  # pinnerformer: rows of the surface embedding (ids 1..num_surfaces-1, 0 = padding)
-    feature_dim: int = 8  # pinnerformer: width of each categorical event-feature embedding
+    feature_dim: int = 8  # pinnerformer, youtube_dnn: width of each categorical (event or user) feature embedding
     item_tower: str = "id"  # pinnerformer: item embeddings from the "id" table, or an "mlp" over item features + id
+    sampled_negatives: str = "uniform"  # loss=sampled: uniform | in_batch (drawn from the batch's positives)
+    examples_per_user: int = 0  # gru4rec, mf, youtube_dnn: only the last K positions of a sequence carry loss; 0 = all
+    history_window: int = 50  # youtube_dnn: items averaged into the user vector at each position (causal window)
+    tower_layers: int = 3  # youtube_dnn: ReLU layers of the user tower (the last one is hidden wide)
+    tower_width: int = 256  # youtube_dnn: width of the tower's other ReLU layers
+    user_features: bool = False  # youtube_dnn: add gender/age/occupation embeddings (ML-1M users.dat)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,7 +136,7 @@ class CTRConfig:
     mlp: tuple[int, ...] = (1024, 512, 256)  # widths of the prediction MLP's hidden layers
     attention_mlp: tuple[int, ...] = (80, 40)  # din: hidden widths of the activation unit
     activation: str = "relu"  # MLP activation: relu | leaky_relu | prelu | dice (DIN's, with batch statistics)
-    time_buckets: int = 32  # bst: rows of the embedding of bucketed log2(1 + seconds before the recommendation)
+    time_buckets: int = 32  # bst: rows of the log2(1 + seconds before the recommendation) bucket table (32: all)
     l2_reg: float = 0.0  # mini-batch aware L2 (DIN): item and genre rows in the batch, each weighted 1 / n_j
 
 
@@ -141,6 +148,9 @@ class Config:
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
     retrieval: RetrievalConfig = dataclasses.field(default_factory=RetrievalConfig)
     ctr: CTRConfig = dataclasses.field(default_factory=CTRConfig)
+
+
+ORDERED_INT_TUPLES = ("ctr.mlp", "ctr.attention_mlp")  # integer lists kept in the order given (not sorted like ks)
 
 
 def _coerce(value: str, field_type: Any, key: str) -> Any:
@@ -159,6 +169,11 @@ def _coerce(value: str, field_type: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected {field_type.__name__}, got {value!r}") from None
     if field_type is str:
         return value
+    if key in ORDERED_INT_TUPLES:  # layer widths: order matters and repeats are allowed
+        try:
+            return tuple(int(part) for part in value.split(",") if part.strip())
+        except ValueError:
+            raise ConfigError(f"{key}: expected comma-separated integers, got {value!r}") from None
     if field_type == tuple[int, ...]:
         return parse_ks(value, key)
     if field_type in (tuple[str, ...], tuple[float, ...]):
@@ -243,6 +258,7 @@ def parse_ks(ks: str, key: str = "eval.ks") -> tuple[int, ...]:
 NEGATIVES = ("in_batch", "uniform", "mixed", "popularity")
 FREQUENCIES = ("exact", "count_min", "youtube")
 OBJECTIVES = ("next", "dense_next", "all_action", "dense_all_action")
+LOSSES = ("bce", "bpr", "ce", "ce_chunked", "gbce", "sampled")
 CTR_MODELS = ("wdl", "wdl_seq", "din", "bst")
 CTR_ACTIVATIONS = ("relu", "leaky_relu", "prelu", "dice")
 
@@ -256,9 +272,21 @@ def validate(cfg: Config) -> None:
         (cfg.model.num_heads >= 1, "model.num_heads must be >= 1"),
         (cfg.model.hidden % cfg.model.num_heads == 0, "model.hidden must be divisible by model.num_heads"),
         (0.0 <= cfg.model.dropout < 1.0, "model.dropout must be in [0, 1)"),
-        (cfg.model.loss in ("bce", "ce", "ce_chunked", "gbce"), "model.loss must be bce, ce, ce_chunked or gbce"),
+        (cfg.model.loss in LOSSES, f"model.loss must be one of {', '.join(LOSSES)}"),
         (0.0 < cfg.model.mask_prob < 1.0, "model.mask_prob must be in (0, 1)"),
-        (cfg.model.name != "bert4rec" or cfg.model.loss != "bce", "bert4rec trains with ce, ce_chunked or gbce"),
+        (
+            cfg.model.name != "bert4rec" or cfg.model.loss not in ("bce", "bpr"),
+            "bert4rec trains with ce, ce_chunked, gbce or sampled",
+        ),
+        (cfg.model.sampled_negatives in ("uniform", "in_batch"), "model.sampled_negatives must be uniform or in_batch"),
+        (cfg.model.examples_per_user >= 0, "model.examples_per_user must be >= 0"),
+        (
+            cfg.model.examples_per_user == 0 or cfg.model.name in ("gru4rec", "mf", "youtube_dnn"),
+            "model.examples_per_user is only used by gru4rec, mf and youtube_dnn",
+        ),
+        (cfg.model.history_window >= 1, "model.history_window must be >= 1"),
+        (cfg.model.tower_layers >= 1 and cfg.model.tower_width >= 1, "model.tower_layers/tower_width must be >= 1"),
+        (not cfg.model.user_features or cfg.model.name == "youtube_dnn", "model.user_features is youtube_dnn's"),
         (cfg.model.num_negatives >= 1, "model.num_negatives must be >= 1"),
         (0.0 <= cfg.model.gbce_t <= 1.0, "model.gbce_t must be in [0, 1]"),
         (cfg.model.ce_chunk >= 1, "model.ce_chunk must be >= 1"),

@@ -31,18 +31,21 @@ def draw_eval_negatives(split, cfg) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 
 class LeaveOneOutEvaluator:
-    def __init__(self, split, eval_negatives, model, cfg, buckets):
-        """`eval_negatives`: protocol name -> (valid, test) negatives, see `draw_eval_negatives`."""
+    def __init__(self, split, eval_negatives, model, cfg, buckets, users=None):
+        """`eval_negatives`: protocol name -> (valid, test) negatives, see `draw_eval_negatives`.
+
+        `users`: per-user model inputs (`jaxrec.data.datasets.user_inputs`) for models that take them.
+        """
         valid_negatives = {name: pair[0] for name, pair in eval_negatives.items()}
         test_negatives = {name: pair[1] for name, pair in eval_negatives.items()}
         max_len, batch_size = cfg.model.max_len, cfg.eval.batch_size
         test_inputs = [np.append(seq, v) if v > 0 else seq for seq, v in zip(split.train, split.valid_target)]
         self.batches = {
             "valid": eval_batches(
-                split.train, split.valid_target, valid_negatives, split.train, max_len, batch_size, buckets
+                split.train, split.valid_target, valid_negatives, split.train, max_len, batch_size, buckets, users
             ),
             "test": eval_batches(
-                test_inputs, split.test_target, test_negatives, test_inputs, max_len, batch_size, buckets
+                test_inputs, split.test_target, test_negatives, test_inputs, max_len, batch_size, buckets, users
             ),
         }
         self.ks = cfg.eval.ks

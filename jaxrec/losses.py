@@ -10,6 +10,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from jaxrec import sampling
+
 
 def bce_sampled(h_BxLxD, table_VxD, positives_BxL, negatives_BxL):
     """SASRec's binary cross-entropy: the positive against one sampled negative per position.
@@ -20,6 +22,19 @@ def bce_sampled(h_BxLxD, table_VxD, positives_BxL, negatives_BxL):
     pos_logits = jnp.einsum("bld,bld->bl", h_BxLxD, table_VxD[positives_BxL]).astype(jnp.float32)
     neg_logits = jnp.einsum("bld,bld->bl", h_BxLxD, table_VxD[negatives_BxL]).astype(jnp.float32)
     per_position = -jax.nn.log_sigmoid(pos_logits) - jax.nn.log_sigmoid(-neg_logits)
+    count = mask_BxL.sum()
+    return (per_position * mask_BxL).sum() / jnp.maximum(count, 1.0), count
+
+
+def bpr(h_BxLxD, table_VxD, positives_BxL, negatives_BxL):
+    """BPR (Rendle et al. 2009): -log sigmoid(s(pos) - s(neg)), one sampled negative per position.
+
+    Same inputs and masking as `bce_sampled`. Returns (mean loss, number of positions).
+    """
+    mask_BxL = (positives_BxL > 0).astype(jnp.float32)
+    pos_logits = jnp.einsum("bld,bld->bl", h_BxLxD, table_VxD[positives_BxL]).astype(jnp.float32)
+    neg_logits = jnp.einsum("bld,bld->bl", h_BxLxD, table_VxD[negatives_BxL]).astype(jnp.float32)
+    per_position = -jax.nn.log_sigmoid(pos_logits - neg_logits)
     count = mask_BxL.sum()
     return (per_position * mask_BxL).sum() / jnp.maximum(count, 1.0), count
 
@@ -149,17 +164,72 @@ def gbce(h_BxLxD, table_VxD, positives_BxL, negatives, num_items: int, calibrati
     return (per_position * mask_BxL).sum() / jnp.maximum(count, 1.0), count
 
 
+def sampled_candidates(key, positives_BxL, num: int, num_items: int, rows: int, negatives: str = "uniform"):
+    """`num` candidates shared by every position of a batch, and log Q for every table row.
+
+    uniform   ids drawn uniformly from 1..num_items: log Q = log(num / num_items) for every item.
+    in_batch  ids of `num` positions drawn uniformly from the batch's real positives, i.e. items in
+              proportion to their count c(x) among the batch's n positives (a popularity sampler that
+              needs no global counts): log Q(x) = log(num c(x) / n), exact given the batch.
+    Returns (ids_M int32, log_q_V float32): Q is each item's expected count among the candidates.
+    """
+    if negatives == "uniform":
+        ids_M, log_q_M = sampling.uniform(key, num, num_items)
+        return ids_M, jnp.full((rows,), log_q_M[0], jnp.float32)
+    if negatives == "in_batch":
+        positives_N = positives_BxL.reshape(-1)
+        real_N = positives_N > 0
+        picks_M = jax.random.categorical(key, jnp.where(real_N, 0.0, -jnp.inf), shape=(num,))
+        counts_V = jnp.zeros((rows,), jnp.float32).at[positives_N].add(real_N.astype(jnp.float32))
+        n = jnp.maximum(real_N.sum(), 1).astype(jnp.float32)
+        # Items absent from the batch are never drawn and never positives: their -inf is never read.
+        return positives_N[picks_M].astype(jnp.int32), jnp.log(num * counts_V / n)
+    raise ValueError(f"unknown model.sampled_negatives {negatives!r}; known: uniform, in_batch")
+
+
+def sampled_ce(h_BxLxD, table_VxD, positives_BxL, candidate_ids_M, log_q_V):
+    """Softmax over the positive and M shared candidates at every position, logits <h, x> - log Q(x).
+
+    `sampled_softmax_loss` with temperature 1, logQ correction and accidental hits removed; with every
+    real item as a candidate exactly once and a constant Q it is the full-catalogue softmax CE.
+    Returns (mean loss over positions with a positive, number of them).
+    """
+    h_NxD = h_BxLxD.reshape(-1, h_BxLxD.shape[-1])
+    positives_N = positives_BxL.reshape(-1)
+    loss, aux = sampled_softmax_loss(
+        h_NxD,
+        table_VxD[positives_N],
+        positives_N,
+        log_q_V[positives_N],
+        table_VxD[candidate_ids_M],
+        candidate_ids_M,
+        log_q_V[candidate_ids_M],
+        1.0,
+    )
+    return loss, aux["count"]
+
+
 def training_loss(cfg_model, num_items: int, h_BxLxD, table_VxD, batch, key):
     """The loss `model.loss` names, on a batch: (mean over target positions, number of them).
 
     bce         SASRec: positive vs one negative per position from the pipeline (outside the history)
+    bpr         -log sigmoid(pos - neg) with the same negatives (Rendle et al.'s BPR)
     ce          full-catalogue softmax cross-entropy over every position ("SASRec+")
     ce_chunked  the same, computed in catalogue chunks (never N x V logits)
     gbce        gSASRec: `num_negatives` uniform negatives per step shared by the batch, calibrated
+    sampled     sampled softmax: `num_negatives` candidates shared by the batch (`model.sampled_negatives`),
+                logQ-corrected (Covington et al. 2016's candidate generator; Jean et al. 2015)
     """
     positives_BxL = batch["positives_BxL"]
     if cfg_model.loss == "bce":
         return bce_sampled(h_BxLxD, table_VxD, positives_BxL, batch["negatives_BxL"])
+    if cfg_model.loss == "bpr":
+        return bpr(h_BxLxD, table_VxD, positives_BxL, batch["negatives_BxL"])
+    if cfg_model.loss == "sampled":
+        ids_M, log_q_V = sampled_candidates(
+            key, positives_BxL, cfg_model.num_negatives, num_items, table_VxD.shape[0], cfg_model.sampled_negatives
+        )
+        return sampled_ce(h_BxLxD, table_VxD, positives_BxL, ids_M, log_q_V)
     if cfg_model.loss in ("ce", "ce_chunked"):
         h_NxD = h_BxLxD.reshape(-1, h_BxLxD.shape[-1])
         targets_N = positives_BxL.reshape(-1)
@@ -169,7 +239,7 @@ def training_loss(cfg_model, num_items: int, h_BxLxD, table_VxD, batch, key):
     if cfg_model.loss == "gbce":
         negatives_K = jax.random.randint(key, (cfg_model.num_negatives,), 1, num_items + 1)
         return gbce(h_BxLxD, table_VxD, positives_BxL, negatives_K, num_items, cfg_model.gbce_t)
-    raise ValueError(f"unknown model.loss {cfg_model.loss!r}; known: bce, ce, ce_chunked, gbce")
+    raise ValueError(f"unknown model.loss {cfg_model.loss!r}; known: bce, bpr, ce, ce_chunked, gbce, sampled")
 
 
 def temperature(log_tau_param, floor: float = 0.01):

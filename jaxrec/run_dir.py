@@ -49,7 +49,8 @@ def check_workdir(workdir: Path, cfg: config_lib.Config, resume: bool) -> None:
     except (config_lib.ConfigError, TypeError) as err:
         raise RunDirError(f"{config_path} is not a config of this version of jaxrec ({err})") from None
     differences = []
-    for section in ("model", "data"):  # what the checkpoint's weights depend on
+    # What the checkpoint's state depends on (the retrieval section also shapes the frequency state).
+    for section in ("model", "data", "ctr", "retrieval"):
         differences += _diff(old[section], new[section], section)
     if differences:
         raise RunDirError(

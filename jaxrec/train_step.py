@@ -75,9 +75,10 @@ def make_train_step(model, tx, cfg: Config):
     micro = cfg.train.micro_batch or cfg.train.batch_size
 
     def summed_loss(params, batch, dropout_key):
+        user_inputs = {"user_BxF": batch["user_BxF"]} if "user_BxF" in batch else {}  # per-user inputs (MF)
         batch = type(model).training_batch(batch, jax.random.fold_in(dropout_key, 1 << 29), cfg.model, num_items)
         h_BxLxD, table_VxD = model.apply(
-            {"params": params}, batch["inputs_BxL"], deterministic=False, rngs={"dropout": dropout_key}
+            {"params": params}, batch["inputs_BxL"], deterministic=False, rngs={"dropout": dropout_key}, **user_inputs
         )
         loss_key = jax.random.fold_in(dropout_key, 1 << 30)  # gbce's negatives; independent of dropout
         mean, count = training_loss(cfg.model, num_items, h_BxLxD, table_VxD, batch, loss_key)
@@ -122,7 +123,10 @@ def make_eval_step(model, num_items: int, full_ranking: bool = True):
     def eval_step(params, batch):
         # Left padding: the last position is the newest, and the only one scored.
         inputs_BxL = type(model).inference_inputs(batch["inputs_BxL"], num_items)
-        h_Bx1xD, table_VxD = model.apply({"params": params}, inputs_BxL, deterministic=True, last_only=True)
+        user_inputs = {"user_BxF": batch["user_BxF"]} if "user_BxF" in batch else {}
+        h_Bx1xD, table_VxD = model.apply(
+            {"params": params}, inputs_BxL, deterministic=True, last_only=True, **user_inputs
+        )
         user_BxD = h_Bx1xD[:, 0].astype(jnp.float32)
         table_VxD = table_VxD.astype(jnp.float32)
         targets_B = batch["targets_B"]

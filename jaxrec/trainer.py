@@ -18,9 +18,10 @@ from jaxrec import config as config_lib
 from jaxrec import run_dir
 from jaxrec.checkpoint import RunCheckpoints
 from jaxrec.data import leave_one_out, load_dataset
+from jaxrec.data.datasets import user_inputs
 from jaxrec.data.pipeline import TrainBatches, parse_buckets, train_iterator
 from jaxrec.evaluation import LeaveOneOutEvaluator, draw_eval_negatives
-from jaxrec.models import build_model
+from jaxrec.models import build_model, uses_user_inputs
 from jaxrec.progress import Progress
 from jaxrec.train_step import compiler_options, init_state, make_optimizer, make_train_step
 
@@ -43,6 +44,8 @@ def compile_train_steps(train_step, state, plan: TrainBatches, options: dict | N
     for length in plan.buckets:
         shape = jax.ShapeDtypeStruct((plan.batch_size, length), np.int32)
         batch = {k: shape for k in ("inputs_BxL", "positives_BxL", "negatives_BxL")}
+        if plan.user_table is not None:  # per-user model inputs (MF's user ids, YoutubeDNN's user features)
+            batch["user_BxF"] = jax.ShapeDtypeStruct((plan.batch_size, plan.user_table.shape[1]), np.int32)
         compiled[length] = jitted.lower(state, batch).compile(compiler_options=options)
     return compiled, time.perf_counter() - start
 
@@ -58,6 +61,10 @@ def run(
         from jaxrec import retrieval_trainer
 
         return retrieval_trainer.run(cfg, workdir, resume, interrupt_after_epoch)
+    if cfg.model.name in config_lib.CTR_MODELS:  # CTR ranking: time-split examples, AUC/GAUC, its own loop
+        from jaxrec import ctr_trainer
+
+        return ctr_trainer.run(cfg, workdir, resume, interrupt_after_epoch)
     config_lib.validate(cfg)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -66,10 +73,14 @@ def run(
     dataset = load_dataset(cfg.data)
     split = leave_one_out(dataset)
     buckets = parse_buckets(cfg.train.length_buckets, cfg.model.max_len)
-    plan = TrainBatches(split.train, split.num_items, cfg.model.max_len, cfg.train.batch_size, buckets, cfg.train.seed)
+    model = build_model(cfg.model, split.num_items, num_users=split.num_users)
+    # Models with per-user inputs (MF's user ids, YoutubeDNN's user features) get them in every batch.
+    users = user_inputs(dataset, cfg.data, cfg.model.user_features) if uses_user_inputs(model) else None
+    plan = TrainBatches(
+        split.train, split.num_items, cfg.model.max_len, cfg.train.batch_size, buckets, cfg.train.seed, users
+    )
     negatives = draw_eval_negatives(split, cfg)
-    model = build_model(cfg.model, split.num_items)
-    evaluator = LeaveOneOutEvaluator(split, negatives, model, cfg, buckets)
+    evaluator = LeaveOneOutEvaluator(split, negatives, model, cfg, buckets, users)
     run_dir.write_json(workdir / "config.json", config_lib.to_dict(cfg))
     log.info(
         "data %s: %d users, %d items, %d interactions; %d steps/epoch, buckets %s, %.0f%% padding",

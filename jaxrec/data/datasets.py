@@ -21,12 +21,15 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
 from jaxrec.config import DataConfig
 from jaxrec.data.preprocess import kcore_filter, to_sequences
 from jaxrec.data.readers import (
     read_delimited,
     read_movielens_genres,
     read_movielens_ratings,
+    read_movielens_users,
     read_sasrec_pairs,
 )
 from jaxrec.data.synthetic import generate_interactions
@@ -292,3 +295,73 @@ def load_dataset(cfg: DataConfig) -> SequenceDataset:
     inter = kcore_filter(inter, cfg.min_user_interactions, cfg.min_item_interactions)
     name = Path(cfg.path).stem if cfg.name == "file" else cfg.name
     return to_sequences(inter, name, raw_item_genres=genres)
+
+
+USER_INPUT_COLUMNS = 4  # user_BxF: dense user id + 1, then gender, age, occupation codes (0 = unknown)
+ML1M_AGE_GROUPS = (1, 18, 25, 35, 45, 50, 56)  # users.dat age codes
+# Rows of the gender (F = 1, M = 2), age (1 + group index) and occupation (1 + 0..20) code tables; 0 = unknown.
+ML1M_USER_FEATURE_ROWS = (3, len(ML1M_AGE_GROUPS) + 1, 22)
+
+
+def _ml1m_user_codes(users_dat: Path) -> dict[int, tuple[int, int, int]]:
+    """Original user id -> (gender, age, occupation) codes of users.dat; out-of-range values are 0 (unknown)."""
+    users = read_movielens_users(users_dat)
+    age_index = {age: i + 1 for i, age in enumerate(ML1M_AGE_GROUPS)}
+    return {
+        int(u): (
+            {"F": 1, "M": 2}.get(str(g).strip(), 0),
+            age_index.get(int(a), 0),
+            int(o) + 1 if 0 <= int(o) <= 20 else 0,
+        )
+        for u, g, a, o in zip(users["user"], users["gender"], users["age"], users["occupation"])
+    }
+
+
+def _ml1m_original_users(dataset: SequenceDataset, cfg: DataConfig) -> tuple[np.ndarray, list[Path]]:
+    """Original ML-1M user id of each dense user, and the folders where users.dat may be."""
+    data_dir = default_data_dir(cfg.data_dir)
+    shared = Path(data_dir) if data_dir else None
+    folders = [Path(cfg.path).parent] if cfg.path else []
+    folders += [shared / "ml-1m"] if shared else []
+    folders += [default_cache_dir(cfg.cache_dir) / "ml-1m"]
+    if dataset.name in ("ml-1m", "ml-1m-partial"):
+        return np.asarray(dataset.user_raw_ids), folders
+    # ml-1m-sasrec renumbers users; kang205/SASRec's id map (see sasrec-format/PROVENANCE.md) undoes it.
+    id_map = _first_existing(
+        Path(cfg.path).parent / "ml-1m_sas_to_original_users.txt" if cfg.path else None,
+        shared / "sasrec-format" / "ml-1m_sas_to_original_users.txt" if shared else None,
+    )
+    if id_map is None:
+        raise DataError(
+            "model.user_features on ml-1m-sasrec needs ml-1m_sas_to_original_users.txt beside data.path or in "
+            "<data_dir>/sasrec-format/"
+        )
+    pairs = read_sasrec_pairs(id_map)
+    original = dict(zip(pairs.user.tolist(), pairs.item.tolist()))
+    folders.insert(0, id_map.parent.parent / "ml-1m")
+    return np.array([original.get(int(u), -1) for u in dataset.user_raw_ids], np.int64), folders
+
+
+def user_inputs(dataset: SequenceDataset, cfg: DataConfig, features: bool = False) -> np.ndarray:
+    """Per-user model inputs, (num users, USER_INPUT_COLUMNS) int32; row u is dense user u.
+
+    Column 0 is u + 1 (0 is left for padding rows); columns 1-3 are ML-1M's gender, age and occupation
+    codes from users.dat (`read_movielens_users`; 0 = unknown) when `features`, else 0. Features exist
+    for ml-1m, ml-1m-partial and ml-1m-sasrec (through kang205/SASRec's user id map).
+    """
+    table = np.zeros((dataset.num_users, USER_INPUT_COLUMNS), np.int32)
+    table[:, 0] = np.arange(1, dataset.num_users + 1)
+    if not features:
+        return table
+    if dataset.name not in ("ml-1m", "ml-1m-partial", "ml-1m-sasrec"):
+        raise DataError(f"model.user_features: dataset {dataset.name!r} has no users.dat (ML-1M entries only)")
+    originals, folders = _ml1m_original_users(dataset, cfg)
+    users_dat = _first_existing(*(folder / "users.dat" for folder in folders))
+    if users_dat is None:
+        raise DataError(f"model.user_features: users.dat not found in {', '.join(map(str, folders))}")
+    codes = _ml1m_user_codes(users_dat)
+    for u, original in enumerate(originals.tolist()):
+        table[u, 1:] = codes.get(original, (0, 0, 0))
+    known = (table[:, 1] > 0).mean()
+    log.info("user features from %s: %.1f%% of users known", users_dat, 100 * known)
+    return table

@@ -4,6 +4,8 @@ Batch keys (all int32):
   inputs_BxL     item history, left padded with 0
   positives_BxL  next item at each position (0 = no target: padding)
   negatives_BxL  one item per position drawn uniformly from items outside the user's training history
+  user_BxF       only with `user_table` (models with per-user inputs, e.g. MF): the users' rows of it
+                 (`jaxrec.data.datasets.user_inputs`: column 0 = user id + 1, 0 on padding rows)
 
 Batches are padded to one of a few static lengths ("length buckets"), each compiled once: users
 are grouped by history length so a batch of short histories is not padded to max_len. Because
@@ -74,7 +76,9 @@ class TrainBatches:
         batch_size: int,
         buckets: tuple[int, ...],
         seed: int,
+        user_table: np.ndarray | None = None,
     ):
+        self.user_table = user_table  # (num users, F) per-user inputs, or None: no user_BxF key
         self.users = np.array([u for u, s in enumerate(train_seqs) if len(s) >= 2], np.int64)
         if len(self.users) == 0:
             raise ValueError("no user has two or more training interactions: nothing to train on")
@@ -118,6 +122,9 @@ class TrainBatches:
         # Rows past len(users) stay all-zero: the epoch's last batch of a bucket is padded, not dropped.
         batch["inputs_BxL"][: len(users)] = left_pad([self.train_seqs[u][:-1] for u in users], length)
         batch["positives_BxL"][: len(users)] = left_pad([self.train_seqs[u][1:] for u in users], length)
+        if self.user_table is not None:
+            batch["user_BxF"] = np.zeros((self.batch_size, self.user_table.shape[1]), np.int32)
+            batch["user_BxF"][: len(users)] = self.user_table[users]
         for row, u in enumerate(users):
             valid = batch["positives_BxL"][row] > 0
             batch["negatives_BxL"][row, valid] = sample_negatives(
@@ -141,11 +148,13 @@ def eval_batches(
     max_len: int,
     batch_size: int,
     buckets: tuple[int, ...],
+    user_table: np.ndarray | None = None,
 ) -> list[dict[str, np.ndarray]]:
     """Evaluation batches over users with a target, grouped by history length.
 
     Keys: inputs_BxL, targets_B, negatives ({protocol: BxN}), history_BxH (items excluded from full ranking,
-    padded with 0 to the longest history), weight_B (1 for real rows, 0 for padding rows).
+    padded with 0 to the longest history), weight_B (1 for real rows, 0 for padding rows), and with
+    `user_table` (per-user inputs, see TrainBatches) user_BxF.
     """
     users = np.flatnonzero(targets > 0)
     if len(users) == 0:
@@ -159,13 +168,14 @@ def eval_batches(
         length = buckets[bucket_of(np.array([max(len(inputs[u]) for u in chunk)]), buckets)[0]]
         pad = batch_size - len(chunk)
         rows = list(chunk) + [chunk[0]] * pad
-        batches.append(
-            {
-                "inputs_BxL": left_pad([inputs[u] for u in rows], length),
-                "targets_B": targets[rows].astype(np.int32),
-                "negatives": {name: n[rows].astype(np.int32) for name, n in negatives.items()},
-                "history_BxH": left_pad([histories[u] for u in rows], width),
-                "weight_B": np.r_[np.ones(len(chunk)), np.zeros(pad)].astype(np.float32),
-            }
-        )
+        batch = {
+            "inputs_BxL": left_pad([inputs[u] for u in rows], length),
+            "targets_B": targets[rows].astype(np.int32),
+            "negatives": {name: n[rows].astype(np.int32) for name, n in negatives.items()},
+            "history_BxH": left_pad([histories[u] for u in rows], width),
+            "weight_B": np.r_[np.ones(len(chunk)), np.zeros(pad)].astype(np.float32),
+        }
+        if user_table is not None:
+            batch["user_BxF"] = user_table[rows].astype(np.int32)
+        batches.append(batch)
     return batches

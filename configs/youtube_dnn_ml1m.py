@@ -1,0 +1,34 @@
+"""YoutubeDNN candidate generation (Covington et al., RecSys 2016) on MovieLens-1M (SASRec's preprocessing).
+
+As the paper: the user vector is a tower of ReLU layers (depth 3; the paper's tower narrows
+1024 -> 512 -> 256 for 1M videos, here 256 -> 256 -> 64 for 3,416 items) over the average
+embedding of the last 50 items before each position; extreme multiclass classification with
+sampled negatives and logQ correction (`loss=sampled`; `in_batch` draws candidates in proportion
+to their popularity in the batch, so the correction matters); a fixed number of examples per user
+(the last 50 positions of each sequence) so that heavy users do not dominate.
+Optional: `--set model.user_features=true` adds gender, age and occupation from ML-1M users.dat
+(through SASRec's user id map). No "example age": this split has no timestamps. Not tuned.
+"""
+
+from jaxrec.config import Config, DataConfig, EvalConfig, ModelConfig, TrainConfig
+
+
+def get_config() -> Config:
+    return Config(
+        data=DataConfig(name="ml-1m-sasrec"),
+        model=ModelConfig(
+            name="youtube_dnn",
+            max_len=100,  # >= examples_per_user + history_window - 1: every example's whole window
+            hidden=64,
+            dropout=0.1,
+            history_window=50,
+            tower_layers=3,
+            tower_width=256,
+            examples_per_user=50,
+            loss="sampled",
+            sampled_negatives="in_batch",
+            num_negatives=256,
+        ),
+        train=TrainConfig(num_epochs=100, batch_size=128, learning_rate=1e-3),
+        eval=EvalConfig(every_epochs=10, num_negatives=100),
+    )

@@ -1,0 +1,165 @@
+"""The CTR training loop (model.name = wdl | wdl_seq | din | bst): time-split examples, train, validate, test.
+
+Examples and the split come from `jaxrec.data.ctr` (global time quantiles: no validation or test
+example is earlier than a training one). An epoch is one pass over the training examples; validation
+computes AUC, GAUC and log loss (`jaxrec.ctr_metrics`) and keeps the checkpoint best on
+`eval.select_metric` (valid/auc or valid/gauc); the test evaluates that checkpoint. Outputs follow the
+leave-one-out trainer's contract: config.json, metrics.jsonl (one line per validation), metrics.json
+(valid/ and test/ auc, gauc, logloss of the best checkpoint, train/seconds, ...), checkpoints/{latest,best}
+and --resume (same data order and random streams as an uninterrupted run).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from jaxrec import config as config_lib
+from jaxrec import run_dir
+from jaxrec.checkpoint import RunCheckpoints
+from jaxrec.ctr_metrics import ctr_metrics
+from jaxrec.ctr_step import init_state, make_predict, make_train_step
+from jaxrec.data.ctr import CTRBatches, build_ctr_data, eval_batches
+from jaxrec.data.pipeline import train_iterator
+from jaxrec.models.rankers import build_ranker
+from jaxrec.progress import Progress
+from jaxrec.train_step import compiler_options, make_optimizer
+from jaxrec.trainer import TrainingDiverged
+
+log = logging.getLogger("jaxrec")
+
+
+def evaluate(predict, state, batches: list[dict[str, np.ndarray]], prefix: str) -> dict[str, float]:
+    """AUC, GAUC and log loss of `state` on `batches` (padding rows, weight 0, left out)."""
+    logits = [predict(state.params, state.batch_stats, b) for b in batches]  # dispatched without waiting
+    logits_N = np.concatenate([np.asarray(x)[b["weight_B"] > 0] for x, b in zip(jax.device_get(logits), batches)])
+    labels_N = np.concatenate([b["label_B"][b["weight_B"] > 0] for b in batches])
+    users_N = np.concatenate([b["user_B"][b["weight_B"] > 0] for b in batches])
+    if not np.all(np.isfinite(logits_N)):
+        raise TrainingDiverged(f"{prefix}: the model's logits are not finite; lower train.learning_rate")
+    return ctr_metrics(labels_N, logits_N, users_N, prefix)
+
+
+def run(cfg: config_lib.Config, workdir, resume: bool = False, interrupt_after_epoch: int | None = None):
+    """Trains and evaluates a CTR ranker as `cfg` says; returns the final metrics (also in metrics.json)."""
+    config_lib.validate(cfg)
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    run_dir.check_workdir(workdir, cfg, resume)
+    max_len = cfg.model.max_len
+
+    data = build_ctr_data(cfg)
+    plan = CTRBatches(data, max_len, cfg.train.batch_size, cfg.train.seed)
+    valid_batches = eval_batches(data, "valid", max_len, cfg.eval.batch_size)
+    test_batches = eval_batches(data, "test", max_len, cfg.eval.batch_size)
+    if cfg.ctr.l2_reg > 0:
+        item_counts, genre_counts = data.row_counts(max_len)
+    else:
+        item_counts, genre_counts = np.zeros(data.num_items + 1), np.zeros(data.num_categories)
+    model = build_ranker(cfg, data.num_items, data.num_categories, data.user_vocab)
+    run_dir.write_json(workdir / "config.json", config_lib.to_dict(cfg))
+    log.info(
+        "ctr %s (%s labels): %d items, %d genres, %d user-field ids; examples train %d, valid %d, test %d "
+        "(positive rate %.3f); %d steps/epoch",
+        data.name,
+        cfg.ctr.labels,
+        data.num_items,
+        data.num_categories,
+        data.user_vocab,
+        *(len(data.splits[s]) for s in ("train", "valid", "test")),
+        float(data.label_N[data.splits["train"]].mean()),
+        plan.steps_per_epoch,
+    )
+
+    tx = make_optimizer(cfg)
+    state = init_state(model, tx, cfg, plan(0), data.categories_VxC)
+    checkpoints = RunCheckpoints(workdir)
+    record = {"epoch": 0, "best_value": -math.inf, "best_epoch": 0, "train_seconds": 0.0}
+    if resume and checkpoints.latest_step() is not None:
+        state, record = checkpoints.restore("latest", state)
+        run_dir.truncate_jsonl(workdir / "metrics.jsonl", int(state.step))
+        log.info("resumed from step %d (epoch %d)", int(state.step), record["epoch"])
+    elif resume:
+        log.info("--resume: no checkpoint in %s, starting from scratch", workdir)
+
+    compile_start = time.perf_counter()
+    step_fn = make_train_step(model, tx, cfg, data.categories_VxC, item_counts, genre_counts)
+    train_step = jax.jit(step_fn, donate_argnums=0).lower(state, plan(0)).compile(compiler_options=compiler_options())
+    predict = jax.jit(make_predict(model, data.categories_VxC))
+    compile_seconds = time.perf_counter() - compile_start
+    log.info("compiled the train step in %.1f s", compile_seconds)
+
+    select = cfg.eval.select_metric
+    step = int(state.step)
+    total_steps = cfg.train.num_epochs * plan.steps_per_epoch
+    batches = train_iterator(plan, step, total_steps)
+    progress = Progress(total_steps, step)
+    train_seconds, epoch = float(record["train_seconds"]), record["epoch"]
+    try:
+        while epoch < cfg.train.num_epochs:
+            epoch += 1
+            epoch_start = time.perf_counter()
+            losses = []
+            for _ in range(plan.steps_per_epoch):
+                state, metrics = train_step(state, next(batches))
+                losses.append(metrics["loss"])
+                step += 1
+                if progress.enabled and step % cfg.train.log_every == 0:
+                    examples = (step - progress.start_step) * cfg.train.batch_size
+                    progress.update(step, epoch, float(metrics["loss"]), examples)
+            epoch_loss = float(np.mean(jax.device_get(losses)))
+            train_seconds += time.perf_counter() - epoch_start
+            if not np.isfinite(epoch_loss):
+                raise TrainingDiverged(f"training loss is {epoch_loss} at epoch {epoch}; lower train.learning_rate")
+            record.update(epoch=epoch, train_seconds=train_seconds)
+            capped = 0 < cfg.train.max_train_seconds <= train_seconds
+            if epoch % cfg.eval.every_epochs == 0 or epoch == cfg.train.num_epochs or capped:
+                eval_start = time.perf_counter()
+                valid = evaluate(predict, state, valid_batches, "valid")
+                entry = {
+                    "epoch": epoch,
+                    "step": step,
+                    "train/loss": epoch_loss,
+                    "train/seconds": train_seconds,
+                    "eval/seconds": time.perf_counter() - eval_start,
+                    **valid,
+                }
+                value = valid[select] if np.isfinite(valid[select]) else -math.inf  # GAUC is NaN with no mixed user
+                if value > record["best_value"] or record["best_epoch"] == 0:
+                    record.update(best_value=value, best_epoch=epoch)
+                    checkpoints.save("best", step, state, record)
+                checkpoints.save("latest", step, state, record)
+                checkpoints.wait()
+                run_dir.append_jsonl(workdir / "metrics.jsonl", entry)
+                log.info("epoch %d loss %.4f %s %.4f", epoch, epoch_loss, select, valid[select])
+            else:
+                checkpoints.save("latest", step, state, record)
+            if interrupt_after_epoch == epoch:
+                checkpoints.wait()
+                raise KeyboardInterrupt(f"simulated interruption after epoch {epoch}")
+            if capped:
+                log.info("train.max_train_seconds=%s reached after epoch %d", cfg.train.max_train_seconds, epoch)
+                break
+        progress.close()
+        checkpoints.wait()
+        best_state, best_record = checkpoints.restore("best", state)
+        eval_start = time.perf_counter()
+        final = {
+            "best_epoch": best_record["best_epoch"],
+            "epochs": epoch,
+            "train/seconds": train_seconds,
+            "compile/seconds": compile_seconds,
+            **evaluate(predict, best_state, valid_batches, "valid"),
+            **evaluate(predict, best_state, test_batches, "test"),
+        }
+        final["eval/seconds"] = time.perf_counter() - eval_start
+        run_dir.write_json(workdir / "metrics.json", final)
+        return final
+    finally:
+        checkpoints.wait()
+        checkpoints.close()

@@ -1,0 +1,163 @@
+"""CTR rankers (WDL, WDL+Seq, DIN, BST): shapes, DIN's unnormalised attention, BST's time feature, mini-batch L2."""
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxrec.config import Config, CTRConfig, ModelConfig
+from jaxrec.ctr_step import init_state, make_predict, minibatch_l2, model_inputs, present_rows, regularizer
+from jaxrec.models import MODELS
+from jaxrec.models.rankers import build_ranker, time_buckets
+from jaxrec.train_step import make_optimizer
+
+ITEMS, GENRES, USER_VOCAB, B, L = 30, 5, 12, 4, 6
+
+
+def _config(name: str, **ctr) -> Config:
+    model = ModelConfig(name=name, max_len=L, hidden=8, num_blocks=1, num_heads=2, dropout=0.0)
+    ctr_cfg = CTRConfig(mlp=(16, 8), attention_mlp=(8,), activation=ctr.pop("activation", "relu"), **ctr)
+    return Config(model=model, ctr=ctr_cfg)
+
+
+def _categories(seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    table = (rng.random((ITEMS + 1, GENRES)) < 0.4).astype(np.float32)
+    table[0] = 0
+    return table
+
+
+def _batch(seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    history = rng.integers(1, ITEMS + 1, (B, L)).astype(np.int32)
+    history[0, :3] = 0  # left padding
+    history[1, :] = 0  # no history at all
+    times = np.sort(rng.integers(1_000_000, 2_000_000, (B, L)), axis=1).astype(np.int32)
+    return {
+        "history_BxL": history,
+        "history_time_BxL": np.where(history > 0, times, 0).astype(np.int32),
+        "candidate_B": rng.integers(1, ITEMS + 1, B).astype(np.int32),
+        "time_B": np.full(B, 2_100_000, np.int32),
+        "user_BxF": rng.integers(1, USER_VOCAB, (B, 3)).astype(np.int32),
+        "label_B": rng.integers(0, 2, B).astype(np.float32),
+        "weight_B": np.ones(B, np.float32),
+        "user_B": np.arange(B, dtype=np.int32),
+    }
+
+
+@functools.cache  # one init per model for the whole file: compiles dominate these tests on CPU
+def _setup(name: str):
+    cfg = _config(name, activation="dice" if name == "din" else "relu")
+    model = build_ranker(cfg, ITEMS, GENRES, USER_VOCAB)
+    state = init_state(model, make_optimizer(cfg), cfg, _batch(), _categories())
+    return cfg, model, state
+
+
+def _apply(model, state, batch):
+    """Inference-mode (logits, aux), jitted: op-by-op dispatch of a Linen model is slow on a busy CPU."""
+    fn = jax.jit(lambda variables, inputs: model.apply(variables, inputs))
+    return fn({"params": state.params, "batch_stats": state.batch_stats}, model_inputs(batch, _categories()))
+
+
+@pytest.mark.parametrize("name", ["wdl", "wdl_seq", "din", "bst"])
+def test_shapes_and_finiteness_with_and_without_jit(name):
+    _, model, state = _setup(name)
+    assert name in MODELS
+    logits = jax.jit(make_predict(model, _categories()))(state.params, state.batch_stats, _batch())
+    assert logits.shape == (B,) and logits.dtype == jnp.float32 and np.isfinite(logits).all()
+    if name == "wdl":  # eager once (op by op is slow on CPU): the same numbers as under jit
+        eager = make_predict(model, _categories())(state.params, state.batch_stats, _batch())
+        np.testing.assert_allclose(eager, logits, rtol=1e-5, atol=1e-6)
+    if name not in ("wdl", "din"):
+        return
+    # Without genres and user fields the models run on item ids and times alone.
+    bare = dataclasses.replace(model, num_categories=0, user_vocab=0)
+    inputs = {k: v for k, v in _batch().items() if k not in ("user_BxF", "label_B", "weight_B", "user_B")}
+    variables = jax.jit(bare.init)(jax.random.key(0), inputs)
+    assert "genre" not in variables["params"]["embed"] and "user" not in variables["params"]["embed"]
+    assert np.isfinite(jax.jit(bare.apply)(variables, inputs)[0]).all()
+
+
+def test_din_attention_is_unnormalised_and_depends_on_the_candidate():
+    _, model, state = _setup("din")
+    batch = _batch()
+    _, aux = _apply(model, state, batch)
+    weights = np.asarray(aux["attention_BxL"])
+    mask = batch["history_BxL"] > 0
+    assert np.all(weights[~mask] == 0.0)  # padding gets no weight
+    sums = weights.sum(axis=1)[mask.any(axis=1)]
+    assert np.all(np.abs(sums - 1.0) > 1e-3), sums  # not a softmax: weights do not sum to one
+    assert np.any(weights[mask] < 0) or np.any(weights[mask] > 1)  # nor confined to [0, 1]
+    other = dict(batch, candidate_B=(batch["candidate_B"] % ITEMS) + 1)
+    _, aux_other = _apply(model, state, other)
+    moved = np.abs(np.asarray(aux_other["attention_BxL"]) - weights)[mask]
+    assert moved.max() > 1e-4  # a different candidate attends differently to the same history
+
+
+def test_dice_uses_batch_statistics_in_training_and_moving_averages_at_inference():
+    _, model, state = _setup("din")
+    stats = state.batch_stats
+    assert jax.tree.leaves(stats), "Dice keeps moving averages in batch_stats"
+    variables = {"params": state.params, "batch_stats": stats}
+    train_apply = jax.jit(lambda v, x: model.apply(v, x, deterministic=False, mutable=["batch_stats"]))
+    _, updates = train_apply(variables, model_inputs(_batch(), _categories()))
+    changed = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), stats, updates["batch_stats"])
+    assert max(jax.tree.leaves(changed)) > 0
+    same_a = _apply(model, state, _batch())[0]
+    same_b = _apply(model, state, _batch())[0]
+    np.testing.assert_array_equal(same_a, same_b)  # inference is deterministic
+
+
+def test_bst_time_difference_embedding_changes_the_output_when_only_timestamps_change():
+    _, model, state = _setup("bst")
+    batch = _batch()
+    base = np.asarray(_apply(model, state, batch)[0])
+    earlier = dict(batch, history_time_BxL=np.where(batch["history_BxL"] > 0, batch["history_time_BxL"] - 500_000, 0))
+    moved = np.asarray(_apply(model, state, earlier)[0])
+    has_history = (batch["history_BxL"] > 0).any(axis=1)
+    assert np.all(np.abs(moved - base)[has_history] > 1e-6)
+    np.testing.assert_allclose(moved[~has_history], base[~has_history], rtol=1e-6)  # nothing to move
+    # Same buckets, same output: the feature is the bucketed difference, not the raw seconds.
+    same_bucket = dict(batch, time_B=batch["time_B"] + 1)
+    seconds = batch["time_B"][:, None] - batch["history_time_BxL"]
+    if np.array_equal(time_buckets(seconds, 32), time_buckets(seconds + 1, 32)):
+        np.testing.assert_allclose(np.asarray(_apply(model, state, same_bucket)[0]), base, rtol=1e-6)
+
+
+def test_time_buckets_are_log2_and_clipped():
+    seconds = jnp.array([0, 1, 2, 3, 4, 1023, 1024, 2**31 - 2], jnp.int32)
+    np.testing.assert_array_equal(time_buckets(seconds, 40), [1, 2, 2, 3, 3, 11, 11, 31])
+    np.testing.assert_array_equal(time_buckets(seconds, 8), [1, 2, 2, 3, 3, 7, 7, 7])
+
+
+def test_minibatch_l2_touches_only_rows_in_the_batch_scaled_by_inverse_frequency():
+    _, _, state = _setup("wdl")
+    batch = _batch()
+    categories = _categories()
+    counts_V = np.random.default_rng(1).integers(1, 50, ITEMS + 1).astype(np.float32)
+    genre_counts = np.array([3.0, 5.0, 7.0, 11.0, 13.0], np.float32)
+    grads = jax.jit(jax.grad(regularizer))(state.params, batch, categories, counts_V, genre_counts)
+    item_grad = np.asarray(grads["embed"]["item"])
+    table = np.asarray(state.params["embed"]["item"])
+    present = np.zeros(table.shape[0], bool)
+    present[np.concatenate([batch["history_BxL"].ravel(), batch["candidate_B"]])] = True
+    present[0] = False  # padding
+    assert np.all(item_grad[~present] == 0.0)
+    rows = np.flatnonzero(present)
+    np.testing.assert_allclose(item_grad[rows], 2 * table[rows] / counts_V[rows, None], rtol=1e-5)
+    genre_present = categories[rows].any(axis=0)
+    genre_grad = np.asarray(grads["embed"]["genre"])
+    genre_table = np.asarray(state.params["embed"]["genre"])
+    assert np.all(genre_grad[~genre_present] == 0.0)
+    np.testing.assert_allclose(
+        genre_grad[genre_present], 2 * genre_table[genre_present] / genre_counts[genre_present, None], rtol=1e-5
+    )
+    for name, grad in grads.items():  # nothing outside the embedding tables is regularised
+        if name != "embed":
+            assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree.leaves(grad)), name
+    # The value: each present row once, however often it occurs in the batch.
+    value = minibatch_l2(jnp.asarray(table), present_rows(jnp.asarray(np.flatnonzero(present)), table.shape[0]), 2.0)
+    np.testing.assert_allclose(value, (table[present] ** 2).sum() / 2.0, rtol=1e-5)
