@@ -12,7 +12,6 @@ and --resume (same data order and random streams as an uninterrupted run).
 from __future__ import annotations
 
 import logging
-import math
 import time
 from pathlib import Path
 
@@ -26,10 +25,9 @@ from jaxrec.ctr_metrics import ctr_metrics
 from jaxrec.ctr_step import init_state, make_predict, make_train_step
 from jaxrec.data.ctr import CTRBatches, build_ctr_data, eval_batches
 from jaxrec.data.pipeline import train_iterator
+from jaxrec.loop import TrainingDiverged, fit, restore_latest
 from jaxrec.models.rankers import build_ranker
-from jaxrec.progress import Progress
 from jaxrec.train_step import compiler_options, make_optimizer
-from jaxrec.trainer import TrainingDiverged
 
 log = logging.getLogger("jaxrec")
 
@@ -79,13 +77,7 @@ def run(cfg: config_lib.Config, workdir, resume: bool = False, interrupt_after_e
     tx = make_optimizer(cfg)
     state = init_state(model, tx, cfg, plan(0), data.categories_VxC)
     checkpoints = RunCheckpoints(workdir)
-    record = {"epoch": 0, "best_value": -math.inf, "best_epoch": 0, "train_seconds": 0.0}
-    if resume and checkpoints.latest_step() is not None:
-        state, record = checkpoints.restore("latest", state)
-        run_dir.truncate_jsonl(workdir / "metrics.jsonl", int(state.step))
-        log.info("resumed from step %d (epoch %d)", int(state.step), record["epoch"])
-    elif resume:
-        log.info("--resume: no checkpoint in %s, starting from scratch", workdir)
+    state, record = restore_latest(checkpoints, state, workdir, resume)
 
     compile_start = time.perf_counter()
     step_fn = make_train_step(model, tx, cfg, data.categories_VxC, item_counts, genre_counts)
@@ -94,72 +86,17 @@ def run(cfg: config_lib.Config, workdir, resume: bool = False, interrupt_after_e
     compile_seconds = time.perf_counter() - compile_start
     log.info("compiled the train step in %.1f s", compile_seconds)
 
-    select = cfg.eval.select_metric
-    step = int(state.step)
-    total_steps = cfg.train.num_epochs * plan.steps_per_epoch
-    batches = train_iterator(plan, step, total_steps)
-    progress = Progress(total_steps, step)
-    train_seconds, epoch = float(record["train_seconds"]), record["epoch"]
-    try:
-        while epoch < cfg.train.num_epochs:
-            epoch += 1
-            epoch_start = time.perf_counter()
-            losses = []
-            for _ in range(plan.steps_per_epoch):
-                state, metrics = train_step(state, next(batches))
-                losses.append(metrics["loss"])
-                step += 1
-                if progress.enabled and step % cfg.train.log_every == 0:
-                    examples = (step - progress.start_step) * cfg.train.batch_size
-                    progress.update(step, epoch, float(metrics["loss"]), examples)
-            epoch_loss = float(np.mean(jax.device_get(losses)))
-            train_seconds += time.perf_counter() - epoch_start
-            if not np.isfinite(epoch_loss):
-                raise TrainingDiverged(f"training loss is {epoch_loss} at epoch {epoch}; lower train.learning_rate")
-            record.update(epoch=epoch, train_seconds=train_seconds)
-            capped = 0 < cfg.train.max_train_seconds <= train_seconds
-            if epoch % cfg.eval.every_epochs == 0 or epoch == cfg.train.num_epochs or capped:
-                eval_start = time.perf_counter()
-                valid = evaluate(predict, state, valid_batches, "valid")
-                entry = {
-                    "epoch": epoch,
-                    "step": step,
-                    "train/loss": epoch_loss,
-                    "train/seconds": train_seconds,
-                    "eval/seconds": time.perf_counter() - eval_start,
-                    **valid,
-                }
-                value = valid[select] if np.isfinite(valid[select]) else -math.inf  # GAUC is NaN with no mixed user
-                if value > record["best_value"] or record["best_epoch"] == 0:
-                    record.update(best_value=value, best_epoch=epoch)
-                    checkpoints.save("best", step, state, record)
-                checkpoints.save("latest", step, state, record)
-                checkpoints.wait()
-                run_dir.append_jsonl(workdir / "metrics.jsonl", entry)
-                log.info("epoch %d loss %.4f %s %.4f", epoch, epoch_loss, select, valid[select])
-            else:
-                checkpoints.save("latest", step, state, record)
-            if interrupt_after_epoch == epoch:
-                checkpoints.wait()
-                raise KeyboardInterrupt(f"simulated interruption after epoch {epoch}")
-            if capped:
-                log.info("train.max_train_seconds=%s reached after epoch %d", cfg.train.max_train_seconds, epoch)
-                break
-        progress.close()
-        checkpoints.wait()
-        best_state, best_record = checkpoints.restore("best", state)
-        eval_start = time.perf_counter()
-        final = {
-            "best_epoch": best_record["best_epoch"],
-            "epochs": epoch,
-            "train/seconds": train_seconds,
-            "compile/seconds": compile_seconds,
-            **evaluate(predict, best_state, valid_batches, "valid"),
-            **evaluate(predict, best_state, test_batches, "test"),
-        }
-        final["eval/seconds"] = time.perf_counter() - eval_start
-        run_dir.write_json(workdir / "metrics.json", final)
-        return final
-    finally:
-        checkpoints.wait()
-        checkpoints.close()
+    return fit(
+        cfg,
+        workdir,
+        checkpoints,
+        state,
+        record,
+        train_step,
+        train_iterator(plan, int(state.step), cfg.train.num_epochs * plan.steps_per_epoch),
+        plan.steps_per_epoch,
+        lambda state, which: evaluate(predict, state, valid_batches if which == "valid" else test_batches, which),
+        cfg.eval.select_metric,  # GAUC can be NaN (no user with both labels): NaN never wins
+        compile_seconds,
+        interrupt_after_epoch,
+    )

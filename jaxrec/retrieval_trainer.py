@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from pathlib import Path
 
@@ -26,11 +25,11 @@ from jaxrec.checkpoint import RunCheckpoints
 from jaxrec.data.events import load_events
 from jaxrec.data.pipeline import train_iterator
 from jaxrec.data.retrieval_batches import RetrievalBatches
+from jaxrec.loop import fit, restore_latest
 from jaxrec.models import build_model
 from jaxrec.retrieval_step import init_state, make_optimizer, make_train_step
 from jaxrec.temporal import TemporalEvalConfig, evaluate, temporal_split, user_embedder
 from jaxrec.train_step import compiler_options
-from jaxrec.trainer import TrainingDiverged
 
 log = logging.getLogger("jaxrec")
 
@@ -130,11 +129,7 @@ def run(cfg: config_lib.Config, workdir, resume: bool = False, interrupt_after_e
     tx = make_optimizer(cfg)
     state = init_state(model, tx, cfg, plan(0))
     checkpoints = RunCheckpoints(workdir)
-    record = {"epoch": 0, "best_value": -math.inf, "best_epoch": 0, "train_seconds": 0.0}
-    if resume and checkpoints.latest_step() is not None:
-        state, record = checkpoints.restore("latest", state)
-        run_dir.truncate_jsonl(workdir / "metrics.jsonl", int(state.step))
-        log.info("resumed from step %d (epoch %d)", int(state.step), record["epoch"])
+    state, record = restore_latest(checkpoints, state, workdir, resume)
 
     compile_start = time.perf_counter()
     step_fn = make_train_step(model, tx, cfg, events.num_items, counts, item_features)
@@ -142,66 +137,20 @@ def run(cfg: config_lib.Config, workdir, resume: bool = False, interrupt_after_e
     compile_seconds = time.perf_counter() - compile_start
     log.info("compiled the train step in %.1f s", compile_seconds)
 
-    select = f"valid/recall@{r.ks[0]}"
-    step = int(state.step)
-    batches = train_iterator(plan, step, cfg.train.num_epochs * plan.steps_per_epoch)
-    train_seconds, epoch = float(record["train_seconds"]), record["epoch"]
-    try:
-        while epoch < cfg.train.num_epochs:
-            epoch += 1
-            epoch_start = time.perf_counter()
-            losses = []
-            for _ in range(plan.steps_per_epoch):
-                state, metrics = train_step(state, next(batches))
-                losses.append(metrics["loss"])
-                step += 1
-            epoch_loss = float(np.mean(jax.device_get(losses)))
-            train_seconds += time.perf_counter() - epoch_start
-            if not np.isfinite(epoch_loss):
-                raise TrainingDiverged(f"training loss is {epoch_loss} at epoch {epoch}; lower train.learning_rate")
-            record.update(epoch=epoch, train_seconds=train_seconds)
-            capped = 0 < cfg.train.max_train_seconds <= train_seconds
-            if epoch % cfg.eval.every_epochs == 0 or epoch == cfg.train.num_epochs or capped:
-                eval_start = time.perf_counter()
-                valid = _evaluate(model, state.params, valid_split, cfg, "valid", item_features)
-                entry = {
-                    "epoch": epoch,
-                    "step": step,
-                    "train/loss": epoch_loss,
-                    "train/temperature": float(metrics["temperature"]),
-                    "train/seconds": train_seconds,
-                    "eval/seconds": time.perf_counter() - eval_start,
-                    **valid,
-                }
-                if valid[select] > record["best_value"]:
-                    record.update(best_value=valid[select], best_epoch=epoch)
-                    checkpoints.save("best", step, state, record)
-                checkpoints.save("latest", step, state, record)
-                checkpoints.wait()
-                run_dir.append_jsonl(workdir / "metrics.jsonl", entry)
-                log.info("epoch %d loss %.4f %s %.4f", epoch, epoch_loss, select, valid[select])
-            else:
-                checkpoints.save("latest", step, state, record)
-            if interrupt_after_epoch == epoch:
-                checkpoints.wait()
-                raise KeyboardInterrupt(f"simulated interruption after epoch {epoch}")
-            if capped:
-                log.info("train.max_train_seconds=%s reached after epoch %d", cfg.train.max_train_seconds, epoch)
-                break
-        checkpoints.wait()
-        best_state, best_record = checkpoints.restore("best", state)
-        eval_start = time.perf_counter()
-        final = {
-            "best_epoch": best_record["best_epoch"],
-            "epochs": epoch,
-            "train/seconds": train_seconds,
-            "compile/seconds": compile_seconds,
-            **_evaluate(model, best_state.params, valid_split, cfg, "valid", item_features),
-            **_evaluate(model, best_state.params, test_split, cfg, "test", item_features),
-        }
-        final["eval/seconds"] = time.perf_counter() - eval_start
-        run_dir.write_json(workdir / "metrics.json", final)
-        return final
-    finally:
-        checkpoints.wait()
-        checkpoints.close()
+    return fit(
+        cfg,
+        workdir,
+        checkpoints,
+        state,
+        record,
+        train_step,
+        train_iterator(plan, int(state.step), cfg.train.num_epochs * plan.steps_per_epoch),
+        plan.steps_per_epoch,
+        lambda state, which: _evaluate(
+            model, state.params, valid_split if which == "valid" else test_split, cfg, which, item_features
+        ),
+        f"valid/recall@{r.ks[0]}",
+        compile_seconds,
+        interrupt_after_epoch,
+        entry_extras=lambda metrics: {"train/temperature": float(metrics["temperature"])},
+    )

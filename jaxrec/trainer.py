@@ -7,7 +7,6 @@ once per epoch (and at progress updates), and every bucket's step is compiled ah
 from __future__ import annotations
 
 import logging
-import math
 import time
 from pathlib import Path
 
@@ -21,15 +20,11 @@ from jaxrec.data import leave_one_out, load_dataset
 from jaxrec.data.datasets import user_inputs
 from jaxrec.data.pipeline import TrainBatches, parse_buckets, train_iterator
 from jaxrec.evaluation import LeaveOneOutEvaluator, draw_eval_negatives
+from jaxrec.loop import TrainingDiverged, fit, restore_latest  # noqa: F401  (TrainingDiverged: re-exported)
 from jaxrec.models import build_model, uses_user_inputs
-from jaxrec.progress import Progress
 from jaxrec.train_step import compiler_options, init_state, make_optimizer, make_train_step
 
 log = logging.getLogger("jaxrec")
-
-
-class TrainingDiverged(RuntimeError):
-    pass
 
 
 def compile_train_steps(train_step, state, plan: TrainBatches, options: dict | None = None):
@@ -96,92 +91,20 @@ def run(
     tx = make_optimizer(cfg)
     state = init_state(model, tx, cfg)
     checkpoints = RunCheckpoints(workdir)
-    record = {"epoch": 0, "best_value": -math.inf, "best_epoch": 0, "train_seconds": 0.0}
-    if resume and checkpoints.latest_step() is not None:
-        state, record = checkpoints.restore("latest", state)
-        run_dir.truncate_jsonl(workdir / "metrics.jsonl", int(state.step))
-        log.info("resumed from step %d (epoch %d)", int(state.step), record["epoch"])
-    elif resume:
-        log.info("--resume: no checkpoint in %s, starting from scratch", workdir)
-
+    state, record = restore_latest(checkpoints, state, workdir, resume)
     steps, compile_seconds = compile_train_steps(make_train_step(model, tx, cfg), state, plan)
     log.info("compiled %d train step shapes in %.1f s", len(steps), compile_seconds)
-
-    total_steps = cfg.train.num_epochs * plan.steps_per_epoch
-    step = int(state.step)
-    batches = train_iterator(plan, step, total_steps)
-    progress = Progress(total_steps, step)
-    train_seconds = float(record["train_seconds"])
-    epoch = record["epoch"]
-    try:
-        while epoch < cfg.train.num_epochs:
-            epoch += 1
-            epoch_start = time.perf_counter()
-            losses = []
-            for _ in range(plan.steps_per_epoch):
-                batch = next(batches)
-                state, metrics = steps[batch["inputs_BxL"].shape[1]](state, batch)
-                losses.append(metrics["loss"])
-                step += 1
-                if progress.enabled and step % cfg.train.log_every == 0:
-                    sequences = (step - progress.start_step) * cfg.train.batch_size
-                    progress.update(step, epoch, float(metrics["loss"]), sequences)
-            epoch_loss = float(np.mean(jax.device_get(losses)))
-            train_seconds += time.perf_counter() - epoch_start
-            if not np.isfinite(epoch_loss):
-                raise TrainingDiverged(f"training loss is {epoch_loss} at epoch {epoch}; lower train.learning_rate")
-            record.update(epoch=epoch, train_seconds=train_seconds)
-            capped = 0 < cfg.train.max_train_seconds <= train_seconds
-            if epoch % cfg.eval.every_epochs == 0 or epoch == cfg.train.num_epochs or capped:
-                eval_start = time.perf_counter()
-                valid = evaluator.evaluate(state.params, "valid")
-                value = valid[cfg.eval.select_metric]
-                entry = {
-                    "epoch": epoch,
-                    "step": step,
-                    "train/loss": epoch_loss,
-                    "train/seconds": train_seconds,
-                    "eval/seconds": time.perf_counter() - eval_start,
-                    **valid,
-                }
-                if value > record["best_value"]:
-                    record.update(best_value=value, best_epoch=epoch)
-                    checkpoints.save("best", step, state, record)
-                checkpoints.save("latest", step, state, record)
-                checkpoints.wait()
-                run_dir.append_jsonl(workdir / "metrics.jsonl", entry)
-                log.info(
-                    "epoch %d loss %.4f %s %.4f (best %.4f @ %d)",
-                    epoch,
-                    epoch_loss,
-                    cfg.eval.select_metric,
-                    value,
-                    record["best_value"],
-                    record["best_epoch"],
-                )
-            else:
-                checkpoints.save("latest", step, state, record)
-            if interrupt_after_epoch == epoch:
-                checkpoints.wait()
-                raise KeyboardInterrupt(f"simulated interruption after epoch {epoch}")
-            if capped:
-                log.info("train.max_train_seconds=%s reached after epoch %d", cfg.train.max_train_seconds, epoch)
-                break
-        progress.close()
-        checkpoints.wait()
-        best_state, best_record = checkpoints.restore("best", state)
-        final = {
-            "best_epoch": best_record["best_epoch"],
-            "epochs": epoch,
-            "train/seconds": train_seconds,
-            "compile/seconds": compile_seconds,
-        }
-        eval_start = time.perf_counter()
-        final.update(evaluator.evaluate(best_state.params, "valid"))
-        final.update(evaluator.evaluate(best_state.params, "test"))
-        final["eval/seconds"] = time.perf_counter() - eval_start
-        run_dir.write_json(workdir / "metrics.json", final)
-        return final
-    finally:
-        checkpoints.wait()
-        checkpoints.close()
+    return fit(
+        cfg,
+        workdir,
+        checkpoints,
+        state,
+        record,
+        lambda state, batch: steps[batch["inputs_BxL"].shape[1]](state, batch),  # the batch's bucket
+        train_iterator(plan, int(state.step), cfg.train.num_epochs * plan.steps_per_epoch),
+        plan.steps_per_epoch,
+        lambda state, which: evaluator.evaluate(state.params, which),
+        cfg.eval.select_metric,
+        compile_seconds,
+        interrupt_after_epoch,
+    )

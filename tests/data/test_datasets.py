@@ -84,7 +84,7 @@ def test_default_dirs(monkeypatch, tmp_path):
 
 
 def test_registry_errors():
-    with pytest.raises(DataError, match="unknown dataset 'nope'.*ml-1m-sasrec, ml-1m, ml-1m-partial, beauty-bert4rec, file, synthetic"):
+    with pytest.raises(DataError, match="unknown dataset 'nope'.*ml-1m-sasrec, ml-1m, ml-1m-partial, beauty-bert4rec"):
         load_dataset(DataConfig(name="nope"))
     with pytest.raises(DataError, match="needs data.path"):
         load_dataset(DataConfig(name="file"))
