@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 
 from benchmarks import train_throughput
 
@@ -40,6 +41,7 @@ def test_reproduce_harness_smoke(tmp_path):
     assert [r["row"] for r in rebuilt] == ["sasrec_ce"] and rebuilt[0]["ndcg@10"] == results[0]["ndcg@10"]
 
 
+@pytest.mark.slow  # subprocesses per size; the chunked CE's correctness is in test_losses
 def test_loss_bench_smoke_checks_chunked_against_naive(tmp_path):
     from benchmarks import loss_bench
 
@@ -66,6 +68,7 @@ def test_retrieval_scale_step_never_builds_users_by_catalogue(tmp_path):
     assert figures["xla_temp_bytes"] < users * items * 4 / 4, figures["xla_temp_bytes"]
 
 
+@pytest.mark.slow  # the retrieval loop itself is in test_retrieval
 def test_pinnerformer_table_harness_smoke(tmp_path):
     from benchmarks import pinnerformer_table
 
