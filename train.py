@@ -1,6 +1,10 @@
 """Train and evaluate a jaxrec model.
 
 python train.py --config configs/sasrec_ml1m.py --workdir runs/sasrec [--set train.num_epochs=10] [--resume]
+
+Several hosts (one process each, JAX's multi-controller runtime): run the same command on every host with
+  --coordinator HOST0:PORT --num-processes N --process-id I
+(on TPU pods and SLURM clusters jax.distributed finds these itself: pass --distributed alone).
 """
 
 from __future__ import annotations
@@ -30,6 +34,17 @@ def load_config(path: str):
     return cfg
 
 
+def initialize_distributed(coordinator: str, num_processes: int, process_id: int) -> None:
+    """jax.distributed.initialize, before anything touches a device; CPU processes talk through gloo."""
+    import jax
+
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    if coordinator:
+        jax.distributed.initialize(coordinator, num_processes=num_processes, process_id=process_id)
+    else:  # TPU pods, SLURM, Kubernetes: the cluster tells jax
+        jax.distributed.initialize()
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="experiment file with get_config()")
@@ -38,8 +53,18 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--resume", action="store_true", help="continue the run in --workdir from its latest checkpoint"
     )
+    parser.add_argument("--distributed", action="store_true", help="call jax.distributed.initialize()")
+    parser.add_argument("--coordinator", default="", help="multi-process: address HOST:PORT of process 0")
+    parser.add_argument("--num-processes", type=int, default=1, help="multi-process: number of processes")
+    parser.add_argument("--process-id", type=int, default=0, help="multi-process: this process's index")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    if args.distributed or args.coordinator or args.num_processes > 1:
+        initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+    import jax
+
+    # Logs and files come from process 0; the others only warn.
+    level = logging.INFO if jax.process_index() == 0 else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     for noisy in ("absl", "orbax"):  # orbax logs every save at INFO
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
@@ -54,6 +79,8 @@ def main(argv=None) -> int:
     except (config_lib.ConfigError, DataError, RunDirError, trainer.TrainingDiverged, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if jax.process_index() != 0:
+        return 0
     print(
         json.dumps(
             {

@@ -141,6 +141,15 @@ class CTRConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    """Devices: a (data, model) mesh; see jaxrec/mesh.py for what each axis splits."""
+
+    data: int = 0  # devices on the data axis (batch rows); 0 = all devices not on the model axis
+    model: int = 1  # devices on the model axis (item-table rows: vocabulary parallelism)
+    fsdp: bool = False  # also split item-table rows over the data axis (FSDP-style)
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
@@ -148,6 +157,7 @@ class Config:
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
     retrieval: RetrievalConfig = dataclasses.field(default_factory=RetrievalConfig)
     ctr: CTRConfig = dataclasses.field(default_factory=CTRConfig)
+    mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
 
 
 ORDERED_INT_TUPLES = ("ctr.mlp", "ctr.attention_mlp")  # integer lists kept in the order given (not sorted like ks)
@@ -303,6 +313,7 @@ def validate(cfg: Config) -> None:
         (cfg.eval.num_negatives >= 1, "eval.num_negatives must be >= 1"),
         (cfg.data.min_user_interactions >= 0, "data.min_user_interactions must be >= 0"),
         (cfg.data.min_item_interactions >= 0, "data.min_item_interactions must be >= 0"),
+        (cfg.mesh.data >= 0 and cfg.mesh.model >= 1, "mesh.data must be >= 0 and mesh.model >= 1"),
     ]
     retrieval = cfg.retrieval
     checks += [

@@ -13,6 +13,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
+from jaxrec import mesh as mesh_lib
 from jaxrec.data import sample_eval_negatives
 from jaxrec.data.pipeline import eval_batches
 from jaxrec.metrics import means, merge, metric_sums
@@ -31,11 +32,14 @@ def draw_eval_negatives(split, cfg) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 
 class LeaveOneOutEvaluator:
-    def __init__(self, split, eval_negatives, model, cfg, buckets, users=None):
+    def __init__(self, split, eval_negatives, model, cfg, buckets, users=None, mesh=None):
         """`eval_negatives`: protocol name -> (valid, test) negatives, see `draw_eval_negatives`.
 
         `users`: per-user model inputs (`jaxrec.data.datasets.user_inputs`) for models that take them.
+        `mesh`: evaluate sharded: each process feeds its rows of a batch, split over `data`, against
+        the (item-sharded) parameters; every process gets all ranks back and the same metrics.
         """
+        self.mesh = mesh
         valid_negatives = {name: pair[0] for name, pair in eval_negatives.items()}
         test_negatives = {name: pair[1] for name, pair in eval_negatives.items()}
         max_len, batch_size = cfg.model.max_len, cfg.eval.batch_size
@@ -56,6 +60,9 @@ class LeaveOneOutEvaluator:
     def eval_step(self, params, batch):
         """The jitted eval step, compiled once per batch shape (ahead of use, with our XLA options)."""
         inputs = {k: v for k, v in batch.items() if k != "weight_B"}  # weights stay on the host
+        if self.mesh is not None:
+            rows = mesh_lib.process_rows(len(batch["weight_B"]), self.mesh)
+            inputs = mesh_lib.put_batch(jax.tree.map(lambda x: x[rows], inputs), self.mesh)
         shapes = str(jax.tree.map(np.shape, inputs))
         if shapes not in self._compiled:
             self._compiled[shapes] = self._jitted.lower(params, inputs).compile(compiler_options=compiler_options())
@@ -69,6 +76,6 @@ class LeaveOneOutEvaluator:
         for batch, ranks in pending:  # dispatch everything first, then read back
             weight = batch["weight_B"]
             for name, rank_B in ranks.items():  # 'sampled', 'popsampled', 'full'
-                merge(sums, metric_sums(np.asarray(rank_B), weight, self.ks, name))
+                merge(sums, metric_sums(mesh_lib.to_host(rank_B), weight, self.ks, name))
             count += float(weight.sum())
         return means(sums, count, which)

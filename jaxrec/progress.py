@@ -5,11 +5,13 @@ from __future__ import annotations
 import sys
 import time
 
+import jax
+
 
 class Progress:
     def __init__(self, total_steps: int, start_step: int = 0, stream=None):
         self.stream = stream or sys.stderr
-        self.enabled = self.stream.isatty()
+        self.enabled = self.stream.isatty() and jax.process_index() == 0
         self.total = total_steps
         self.start_step = start_step
         self.start_time = time.perf_counter()

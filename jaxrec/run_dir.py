@@ -13,6 +13,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+import jax
+
 from jaxrec import config as config_lib
 
 
@@ -59,20 +61,31 @@ def check_workdir(workdir: Path, cfg: config_lib.Config, resume: bool) -> None:
         )
 
 
+def is_writer() -> bool:
+    """Run files (config, metrics) are written by process 0 only; every process trains and evaluates."""
+    return jax.process_index() == 0
+
+
 def write_json(path: Path, obj: Any) -> None:
     """Writes atomically: a reader never sees half a file, a crash never truncates a good one."""
+    if not is_writer():
+        return
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
     os.replace(tmp, path)
 
 
 def append_jsonl(path: Path, obj: Any) -> None:
+    if not is_writer():
+        return
     with path.open("a") as f:
         f.write(json.dumps(obj, sort_keys=True) + "\n")
 
 
 def truncate_jsonl(path: Path, max_step: int) -> None:
     """Drops records written after the checkpoint a resumed run restarts from."""
+    if not is_writer():
+        return
     if not path.exists():
         return
     kept = [line for line in path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= max_step]

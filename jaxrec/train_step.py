@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxrec import mesh as mesh_lib
 from jaxrec.config import Config
 from jaxrec.losses import real_item_rows, training_loss
 from jaxrec.metrics import rank_of_target
@@ -47,19 +48,30 @@ def make_optimizer(cfg: Config) -> optax.GradientTransformation:
     return adam
 
 
-def init_state(model, tx, cfg: Config) -> TrainState:
+def init_state(model, tx, cfg: Config, mesh=None) -> TrainState:
+    """The initial state; with a `mesh`, created already sharded by `jaxrec.mesh`'s rules.
+
+    Sharded: the state's shapes come from `eval_shape`, and one jitted init with those out_shardings
+    writes each device's shard in place, so an item table larger than one device never exists whole.
+    """
     key = jax.random.key(cfg.train.seed, impl=RNG_IMPL)
     init_key, base_key = jax.random.split(key)
     dummy_BxL = jnp.ones((1, cfg.model.max_len), jnp.int32)
-    # jit: an eager init would compile every op of the model one by one.
-    init = jax.jit(lambda key: model.init({"params": key}, dummy_BxL, method=model.encode)["params"])
-    params = init(init_key)
-    return TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=params,
-        opt_state=tx.init(params),
-        rng_data=jax.random.key_data(base_key),
-    )
+
+    def init(init_key, base_key):
+        params = model.init({"params": init_key}, dummy_BxL, method=model.encode)["params"]
+        return TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            opt_state=tx.init(params),
+            rng_data=jax.random.key_data(base_key),
+        )
+
+    # jit even unsharded: an eager init would compile every op of the model one by one.
+    if mesh is None:
+        return jax.jit(init)(init_key, base_key)
+    shardings = mesh_lib.tree_shardings(jax.eval_shape(init, init_key, base_key), mesh, cfg.mesh.fsdp)
+    return jax.jit(init, out_shardings=shardings)(init_key, base_key)
 
 
 def make_train_step(model, tx, cfg: Config):

@@ -14,6 +14,7 @@ import jax
 import numpy as np
 
 from jaxrec import config as config_lib
+from jaxrec import mesh as mesh_lib
 from jaxrec import run_dir
 from jaxrec.checkpoint import RunCheckpoints
 from jaxrec.data import leave_one_out, load_dataset
@@ -27,13 +28,23 @@ from jaxrec.train_step import compiler_options, init_state, make_optimizer, make
 log = logging.getLogger("jaxrec")
 
 
-def compile_train_steps(train_step, state, plan: TrainBatches, options: dict | None = None):
+def compile_train_steps(train_step, state, plan: TrainBatches, options: dict | None = None, mesh=None):
     """AOT-compiles the step once per bucket length; returns ({length: compiled}, seconds).
 
-    `options`: XLA compiler options (default: `compiler_options()` for this backend).
+    `options`: XLA compiler options (default: `compiler_options()` for this backend). With a `mesh`
+    the step takes and returns the state in its sharding (donated) and batches split over `data`.
     """
     options = compiler_options() if options is None else options
-    jitted = jax.jit(train_step, donate_argnums=0)
+    if mesh is None:
+        jitted = jax.jit(train_step, donate_argnums=0)
+    else:
+        state_shardings = jax.tree.map(lambda x: x.sharding, state)
+        jitted = jax.jit(
+            train_step,
+            in_shardings=(state_shardings, mesh_lib.batch_sharding(mesh)),
+            out_shardings=(state_shardings, mesh_lib.replicated(mesh)),
+            donate_argnums=0,
+        )
     start = time.perf_counter()
     compiled = {}
     for length in plan.buckets:
@@ -43,6 +54,34 @@ def compile_train_steps(train_step, state, plan: TrainBatches, options: dict | N
             batch["user_BxF"] = jax.ShapeDtypeStruct((plan.batch_size, plan.user_table.shape[1]), np.int32)
         compiled[length] = jitted.lower(state, batch).compile(compiler_options=options)
     return compiled, time.perf_counter() - start
+
+
+def log_memory(state, compiled) -> dict[str, float]:
+    """Logs (and returns) bytes per device of the state and of the largest bucket's compiled step."""
+    report = mesh_lib.memory_report(state, compiled)
+    log.info(
+        "memory per device: params %.3g MB (of %.3g MB), state %.3g MB; step temporaries %.3g MB",
+        report["params_bytes_per_device"] / 1e6,
+        report["params_bytes_total"] / 1e6,
+        report["state_bytes_per_device"] / 1e6,
+        report.get("step_temp_bytes", float("nan")) / 1e6,
+    )
+    for name, shape, size in mesh_lib.largest_hlo_values(compiled.as_text()):
+        log.info("  largest step value: %s %s %.1f MB", name, shape, size / 1e6)
+    return report
+
+
+def validate_for_mesh(cfg: config_lib.Config, mesh) -> None:
+    """Batch sizes must split evenly over the data axis (and its processes)."""
+    data = mesh.shape["data"]
+    for key, size in (("train.batch_size", cfg.train.batch_size), ("eval.batch_size", cfg.eval.batch_size)):
+        if size % data or size % jax.process_count():
+            raise config_lib.ConfigError(
+                f"{key}={size} must be divisible by the mesh's data axis ({data} devices) "
+                f"and by the {jax.process_count()} processes; set mesh.data or the batch size"
+            )
+    if cfg.train.micro_batch and cfg.train.micro_batch % data:
+        raise config_lib.ConfigError(f"train.micro_batch={cfg.train.micro_batch} must be divisible by mesh data={data}")
 
 
 def run(
@@ -61,6 +100,8 @@ def run(
 
         return ctr_trainer.run(cfg, workdir, resume, interrupt_after_epoch)
     config_lib.validate(cfg)
+    mesh = mesh_lib.make_mesh(cfg.mesh.data, cfg.mesh.model)
+    validate_for_mesh(cfg, mesh)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     run_dir.check_workdir(workdir, cfg, resume)
@@ -75,8 +116,9 @@ def run(
         split.train, split.num_items, cfg.model.max_len, cfg.train.batch_size, buckets, cfg.train.seed, users
     )
     negatives = draw_eval_negatives(split, cfg)
-    evaluator = LeaveOneOutEvaluator(split, negatives, model, cfg, buckets, users)
-    run_dir.write_json(workdir / "config.json", config_lib.to_dict(cfg))
+    evaluator = LeaveOneOutEvaluator(split, negatives, model, cfg, buckets, users, mesh)
+    if jax.process_index() == 0:
+        run_dir.write_json(workdir / "config.json", config_lib.to_dict(cfg))
     log.info(
         "data %s: %d users, %d items, %d interactions; %d steps/epoch, buckets %s, %.0f%% padding",
         dataset.name,
@@ -89,19 +131,27 @@ def run(
     )
 
     tx = make_optimizer(cfg)
-    state = init_state(model, tx, cfg)
+    state = init_state(model, tx, cfg, mesh)
     checkpoints = RunCheckpoints(workdir)
     state, record = restore_latest(checkpoints, state, workdir, resume)
-    steps, compile_seconds = compile_train_steps(make_train_step(model, tx, cfg), state, plan)
-    log.info("compiled %d train step shapes in %.1f s", len(steps), compile_seconds)
+    steps, compile_seconds = compile_train_steps(make_train_step(model, tx, cfg), state, plan, mesh=mesh)
+    log.info(
+        "compiled %d train step shapes in %.1f s on a %s mesh",
+        len(steps),
+        compile_seconds,
+        "x".join(f"{name}={size}" for name, size in mesh.shape.items()),
+    )
+    log_memory(state, steps[max(steps)])
+    rows = mesh_lib.process_rows(cfg.train.batch_size, mesh)
     return fit(
         cfg,
         workdir,
         checkpoints,
         state,
         record,
-        lambda state, batch: steps[batch["inputs_BxL"].shape[1]](state, batch),  # the batch's bucket
-        train_iterator(plan, int(state.step), cfg.train.num_epochs * plan.steps_per_epoch),
+        # The batch's bucket; this process's rows become one global array split over `data`.
+        lambda state, batch: steps[batch["inputs_BxL"].shape[1]](state, mesh_lib.put_batch(batch, mesh)),
+        train_iterator(plan, int(state.step), cfg.train.num_epochs * plan.steps_per_epoch, rows=rows),
         plan.steps_per_epoch,
         lambda state, which: evaluator.evaluate(state.params, which),
         cfg.eval.select_metric,

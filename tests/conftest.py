@@ -4,6 +4,9 @@ import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+# The default mesh (mesh.data = 0) takes one device: trainer tests stay single-device and fast; the mesh
+# tests ask for their (data, model) sizes explicitly. Subprocesses (train.py) inherit both settings.
+os.environ.setdefault("JAXREC_NUM_DEVICES", "1")
 
 import dataclasses  # noqa: E402
 from pathlib import Path  # noqa: E402

@@ -114,28 +114,50 @@ class TrainBatches:
         self._plan_cache = (epoch, plan)  # one tuple assignment: safe for grain's reader threads
         return plan
 
-    def __call__(self, step: int) -> dict[str, np.ndarray]:
+    def __call__(self, step: int, rows: slice | None = None) -> dict[str, np.ndarray]:
+        """Batch `step`; with `rows`, only those rows of it (a process's share of a multi-host batch).
+
+        Each row's negatives come from its own generator (seed, step, row), so a row is the same
+        whichever process builds it.
+        """
         length, users = self.epoch_plan(step // self.steps_per_epoch)[step % self.steps_per_epoch]
-        rng = np.random.default_rng([self.seed, step, 1])
-        shape = (self.batch_size, length)
-        batch = {k: np.zeros(shape, np.int32) for k in ("inputs_BxL", "positives_BxL", "negatives_BxL")}
+        rows = slice(0, self.batch_size) if rows is None else rows
+        row_ids = range(self.batch_size)[rows]
         # Rows past len(users) stay all-zero: the epoch's last batch of a bucket is padded, not dropped.
+        users = users[row_ids.start : row_ids.stop]
+        shape = (len(row_ids), length)
+        batch = {k: np.zeros(shape, np.int32) for k in ("inputs_BxL", "positives_BxL", "negatives_BxL")}
         batch["inputs_BxL"][: len(users)] = left_pad([self.train_seqs[u][:-1] for u in users], length)
         batch["positives_BxL"][: len(users)] = left_pad([self.train_seqs[u][1:] for u in users], length)
         if self.user_table is not None:
-            batch["user_BxF"] = np.zeros((self.batch_size, self.user_table.shape[1]), np.int32)
+            batch["user_BxF"] = np.zeros((len(row_ids), self.user_table.shape[1]), np.int32)
             batch["user_BxF"][: len(users)] = self.user_table[users]
         for row, u in enumerate(users):
             valid = batch["positives_BxL"][row] > 0
+            rng = np.random.default_rng([self.seed, step, 1, row_ids[row]])
             batch["negatives_BxL"][row, valid] = sample_negatives(
                 rng, self.exclude[u], self.num_items, int(valid.sum())
             )
         return batch
 
 
-def train_iterator(plan: TrainBatches, start_step: int, num_steps: int, prefetch: int = 4):
-    """A prefetching grain iterator over steps [start_step, num_steps) of `plan`."""
-    dataset = grain.MapDataset.range(num_steps).map(plan)[start_step:]
+class ProcessRows:
+    """grain transform: the rows of step's batch that this process feeds (picklable, unlike a lambda)."""
+
+    def __init__(self, plan: TrainBatches, rows: slice):
+        self.plan, self.rows = plan, rows
+
+    def __call__(self, step: int) -> dict[str, np.ndarray]:
+        return self.plan(step, self.rows)
+
+
+def train_iterator(plan: TrainBatches, start_step: int, num_steps: int, prefetch: int = 4, rows: slice | None = None):
+    """A prefetching grain iterator over steps [start_step, num_steps) of `plan`.
+
+    `rows`: the share of each batch this process builds (multi-host data parallelism: every process
+    walks the same steps and produces only its devices' rows; see `jaxrec.mesh.process_rows`).
+    """
+    dataset = grain.MapDataset.range(num_steps).map(ProcessRows(plan, rows))[start_step:]
     # One host thread builds batches ahead of the step; the other core stays with XLA.
     return iter(dataset.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=prefetch)))
 

@@ -1,0 +1,1 @@
+"""Pallas kernels, each `pallas_<op>()` beside its plain-jnp `reference_<op>()`."""

@@ -1,0 +1,223 @@
+"""Device mesh, logical-axis rules, and the shardings of train states and batches.
+
+The only module that names physical mesh axes. Two axes:
+  data   splits the batch (data parallelism; with `mesh.fsdp` also the item table's rows)
+  model  splits the item axis of item tables (vocabulary parallelism); hidden sizes are never split,
+         since they are small here (50 with one head) and splitting them would only add collectives.
+
+Every parameter (and optimizer-state leaf, which shares its parameter's path) gets logical axis names
+from `PARAM_AXES`, a path-regex table as in big_vision; `logical_rules` maps logical names to mesh axes.
+The mesh uses Auto axis types (GSPMD propagation): `jax.make_mesh` in jax 0.10 defaults to Explicit axes
+(sharding in types), which would force every op of every model to say how its output is sharded; with
+Auto axes the models stay mesh-agnostic and only the state, the batch and the vocabulary-parallel losses
+(`jaxrec.vocab_parallel`, shard_map) are placed explicitly.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+log = logging.getLogger("jaxrec")
+
+AXES = ("data", "model")
+
+# Logical axes of parameters by path (the keys joined by "/"), first match wins. Optimizer state leaves
+# (Adam's mu and nu) end with their parameter's path, so they follow the same rule. Unmatched: replicated.
+PARAM_AXES: tuple[tuple[str, tuple[str | None, ...]], ...] = (
+    (r"(^|/)(item_embedding|output_embedding|item|wide_item)$", ("item", "embed")),  # item tables, VxD (V,)
+    (r"(^|/)output_bias$", ("item",)),  # BERT4Rec's per-item output bias, V
+    (r"(^|/)position_embedding$", ("seq", "embed")),
+    (r"(^|/)user_embedding$", ("user", "embed")),
+    (r"/kernel$", ("embed", "mlp")),
+    (r"/(bias|scale)$", ("mlp",)),
+)
+
+
+def logical_rules(fsdp: bool = False) -> dict[str, tuple[str, ...] | None]:
+    """Logical axis -> mesh axes. `fsdp`: item rows split over model and data (FSDP-style)."""
+    return {
+        "batch": ("data",),
+        "item": ("model", "data") if fsdp else ("model",),
+        "embed": None,
+        "seq": None,
+        "user": None,
+        "mlp": None,
+    }
+
+
+def make_mesh(data: int = 0, model: int = 1, devices=None) -> Mesh:
+    """A (data, model) mesh over the first data x model of `devices` (default: all devices).
+
+    data = 0 takes every available device not used by `model`; $JAXREC_NUM_DEVICES, when set, caps
+    how many devices that default takes (the tests set it to 1: their 8 host devices are for the mesh
+    tests, which ask for their sizes explicitly). Devices are ordered as `jax.devices()` lists them
+    (process by process), so each process's devices form a contiguous block of the data axis.
+    """
+    devices = list(jax.devices() if devices is None else devices)
+    if model < 1 or data < 0:
+        raise ValueError(f"mesh sizes must be positive (data={data}, model={model})")
+    if data == 0:
+        available = min(len(devices), int(os.environ.get("JAXREC_NUM_DEVICES") or len(devices)))
+        if available % model:
+            raise ValueError(f"mesh.model={model} does not divide the {available} available devices")
+        data = available // model
+    if data * model > len(devices):
+        raise ValueError(f"mesh {data} x {model} needs {data * model} devices, found {len(devices)}")
+    return Mesh(np.asarray(devices[: data * model]).reshape(data, model), AXES)
+
+
+def path_string(path) -> str:
+    """'attention_0/query/kernel' from a jax key path (dict keys, attributes, sequence indices)."""
+    parts = []
+    for entry in path:
+        for attribute in ("key", "name", "idx"):
+            if hasattr(entry, attribute):
+                parts.append(str(getattr(entry, attribute)))
+                break
+    return "/".join(parts)
+
+
+def logical_axes(path: str, ndim: int) -> tuple[str | None, ...]:
+    """The logical axes `PARAM_AXES` gives a leaf of rank `ndim` at `path` (all None when no rule fits)."""
+    for pattern, axes in PARAM_AXES:
+        if re.search(pattern, path) and len(axes) == ndim:
+            return axes
+    return (None,) * ndim
+
+
+def partition_spec(path: str, shape: tuple[int, ...], mesh: Mesh, fsdp: bool = False) -> PartitionSpec:
+    """The leaf's PartitionSpec; raises when a sharded dimension does not divide by its mesh axes."""
+    rules = logical_rules(fsdp)
+    spec = []
+    for dim, name in zip(shape, logical_axes(path, len(shape))):
+        mesh_axes = rules.get(name) if name else None
+        mesh_axes = tuple(a for a in (mesh_axes or ()) if mesh.shape[a] > 1)  # size-1 axes: nothing to split
+        if not mesh_axes:
+            spec.append(None)
+            continue
+        shards = int(np.prod([mesh.shape[a] for a in mesh_axes]))
+        if dim % shards:
+            raise ValueError(
+                f"{path}: dimension {dim} ({name}) does not divide into {shards} shards over {mesh_axes}; "
+                "item tables are padded to a multiple of 128 rows, so use a mesh.model (x data with fsdp) that divides 128"
+            )
+        spec.append(mesh_axes[0] if len(mesh_axes) == 1 else mesh_axes)
+    return PartitionSpec(*spec)
+
+
+def tree_shardings(tree, mesh: Mesh, fsdp: bool = False):
+    """NamedSharding for every leaf of a (possibly abstract) pytree, by the path rules."""
+
+    def leaf_sharding(path, leaf):
+        shape = tuple(getattr(leaf, "shape", ()))
+        return NamedSharding(mesh, partition_spec(path_string(path), shape, mesh, fsdp))
+
+    return jax.tree_util.tree_map_with_path(leaf_sharding, tree)
+
+
+def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
+    """Batch arrays: rows split over `data`, replicated over `model`."""
+    return NamedSharding(mesh, PartitionSpec("data", *([None] * (ndim - 1))))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def process_rows(global_rows: int, mesh: Mesh) -> slice:
+    """The rows of a global batch that this process supplies (its devices' contiguous block of `data`)."""
+    num_processes, index = jax.process_count(), jax.process_index()
+    if global_rows % num_processes:
+        raise ValueError(f"batch of {global_rows} rows does not split over {num_processes} processes")
+    per_process = global_rows // num_processes
+    return slice(index * per_process, (index + 1) * per_process)
+
+
+def put_batch(local_batch: dict[str, Any], mesh: Mesh) -> dict[str, jax.Array]:
+    """Global arrays, rows sharded over `data`, from this process's rows (`process_rows`) of every key."""
+    out = {}
+    for key, value in local_batch.items():
+        if isinstance(value, dict):
+            out[key] = put_batch(value, mesh)
+            continue
+        value = np.asarray(value)
+        global_shape = (value.shape[0] * jax.process_count(),) + value.shape[1:]
+        out[key] = jax.make_array_from_process_local_data(batch_sharding(mesh, value.ndim), value, global_shape)
+    return out
+
+
+def abstract_batch(shapes: dict[str, Any], mesh: Mesh) -> dict[str, Any]:
+    """ShapeDtypeStructs carrying the batch sharding, for ahead-of-time lowering."""
+    return jax.tree.map(
+        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=batch_sharding(mesh, len(s.shape))), shapes
+    )
+
+
+def per_device_bytes(tree) -> int:
+    """Bytes of `tree`'s arrays held by the most loaded addressable device."""
+    totals: dict[Any, int] = {}
+    for leaf in jax.tree.leaves(tree):
+        for shard in getattr(leaf, "addressable_shards", ()):
+            totals[shard.device] = totals.get(shard.device, 0) + shard.data.nbytes
+    return max(totals.values(), default=0)
+
+
+def memory_report(state, compiled=None) -> dict[str, float]:
+    """Parameter and state bytes per device against the totals, and the compiled step's memory analysis."""
+    report = {
+        "params_bytes_total": float(sum(x.nbytes for x in jax.tree.leaves(state.params))),
+        "params_bytes_per_device": float(per_device_bytes(state.params)),
+        "state_bytes_per_device": float(per_device_bytes(state)),
+    }
+    analysis = compiled.memory_analysis() if compiled is not None else None
+    if analysis is not None:
+        for field in ("temp_size_in_bytes", "argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes"):
+            report[f"step_{field.replace('_size_in_bytes', '')}_bytes"] = float(getattr(analysis, field, 0))
+    return report
+
+
+def largest_leaves(tree, top: int = 3) -> list[tuple[str, tuple[int, ...], int]]:
+    """The `top` largest arrays of a (possibly abstract) pytree: (path, shape, bytes), largest first."""
+    sized = [
+        (path_string(path), tuple(leaf.shape), int(np.prod(leaf.shape)) * np.dtype(leaf.dtype).itemsize)
+        for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+        if hasattr(leaf, "shape")
+    ]
+    return sorted(sized, key=lambda item: -item[2])[:top]
+
+
+_HLO_ARRAY = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+) = (pred|s8|u8|s16|u16|s32|u32|s64|u64|bf16|f16|f32|f64)\[([\d,]*)\]")
+_HLO_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "bf16": 2, "f16": 2, "s32": 4, "u32": 4, "f32": 4}
+
+
+def largest_hlo_values(hlo_text: str, top: int = 3) -> list[tuple[str, str, int]]:
+    """The `top` largest arrays an optimized HLO module defines: (instruction, type[shape], bytes).
+
+    A proxy for the largest temporaries (memory_analysis only gives their total): a step's biggest
+    intermediate, e.g. a B x L x V logit matrix, shows up here by name and shape.
+    """
+    found = {}
+    for line in hlo_text.splitlines():
+        match = _HLO_ARRAY.match(line)
+        if not match:
+            continue
+        name, dtype, dims = match.groups()
+        size = int(np.prod([int(d) for d in dims.split(",") if d])) * _HLO_BYTES.get(dtype, 8)
+        found[name] = (name, f"{dtype}[{dims}]", size)
+    return sorted(found.values(), key=lambda item: -item[2])[:top]
+
+
+def to_host(x) -> np.ndarray:
+    """A global array as numpy on every process (gathered across processes when it spans several)."""
+    if getattr(x, "is_fully_addressable", True):
+        return np.asarray(x)
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
