@@ -16,11 +16,14 @@ import orbax.checkpoint as ocp
 class RunCheckpoints:
     def __init__(self, workdir: str | Path):
         root = Path(workdir).resolve() / "checkpoints"
-        options = ocp.CheckpointManagerOptions(max_to_keep=1, create=True)
-        self.managers = {
-            "latest": ocp.CheckpointManager(root / "latest", options=options),
-            "best": ocp.CheckpointManager(root / "best", options=options),
-        }
+
+        def options(which: str):
+            # Both managers save asynchronously at once; with several processes their barriers need
+            # distinct names, or one manager's finalize barrier collides with the other's.
+            multiprocessing = ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=which)
+            return ocp.CheckpointManagerOptions(max_to_keep=1, create=True, multiprocessing_options=multiprocessing)
+
+        self.managers = {which: ocp.CheckpointManager(root / which, options=options(which)) for which in ("latest", "best")}
 
     def latest_step(self, which: str = "latest") -> int | None:
         return self.managers[which].latest_step()

@@ -44,6 +44,8 @@ def _free_port() -> int:
 
 def _train_two_processes(workdir, epochs: int, resume: bool = False) -> None:
     port = _free_port()
+    # Output to files, not pipes: an undrained pipe would block one process inside a collective.
+    logs = [(workdir.parent / f"{workdir.name}.{epochs}.{i}.log").open("w") for i in range(2)]
     procs = [
         subprocess.Popen(
             [sys.executable, str(REPO / "train.py"), *ARGS, "--workdir", str(workdir)]
@@ -52,15 +54,15 @@ def _train_two_processes(workdir, epochs: int, resume: bool = False) -> None:
             + ["--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i)],
             cwd=REPO,
             env=_env(2),
-            stdout=subprocess.PIPE,
+            stdout=logs[i],
             stderr=subprocess.STDOUT,
-            text=True,
         )
         for i in range(2)
     ]
-    outputs = [p.communicate(timeout=600)[0] for p in procs]
-    for p, out in zip(procs, outputs):
-        assert p.returncode == 0, out[-3000:]
+    for p, log in zip(procs, logs):
+        p.wait(timeout=600)
+        log.close()
+        assert p.returncode == 0, open(log.name).read()[-3000:]
 
 
 @pytest.mark.slow
