@@ -1,6 +1,8 @@
-"""Full-catalogue softmax CE, naive (N x V logits) against chunked (online logsumexp, custom VJP).
+"""Full-catalogue softmax CE, naive (N x V logits) against chunked (online logsumexp, custom VJP), and
+sampled softmax (N x M logits over M shared uniform candidates, logQ-corrected) beside them.
 
   python benchmarks/loss_bench.py [--sizes 1e4,1e5,3e5,1e6,3e6,1e7] [--out benchmarks/results/cpu/loss_bench.jsonl]
+  python benchmarks/loss_bench.py --impls sampled --negatives 1024,8192   # only the sampled-softmax records
   python benchmarks/loss_bench.py --smoke      # tiny sizes, seconds (the tests run it)
 
 Forward + backward (gradients for the queries and the whole item table) of the mean CE over
@@ -12,6 +14,11 @@ in its own process, so its peak resident memory is its own:
   xla_temp_bytes      the compiled step's temporaries, from `memory_analysis()`
   xla_peak_bytes      temporaries + arguments + outputs (what the step needs resident)
   rss_delta_bytes     the process's peak RSS minus its RSS with the inputs built (CPU only)
+`sampled` (jaxrec.losses.sampled_softmax_loss, one record per --negatives M): each step draws M candidates
+uniformly from the catalogue inside the jitted step (as training does), temperature 1, logQ correction,
+accidental hits removed; its gradients reach only the table rows gathered (positives and candidates),
+scattered into a dense table gradient. Its record adds `negatives` and `finite` (loss and gradients
+finite: its only numerics check, since it estimates a different loss than the full CE).
 Naive CE runs for real up to --naive-max items; above that only its compiled memory is reported
 (`ran: false`). Where both run, a separate process checks that the loss and both gradients agree
 (max relative error, normalised by the largest gradient entry) and times the two alternately
@@ -52,14 +59,20 @@ def _inputs(num_items: int, positions: int, dim: int):
     return h, table, targets
 
 
-def _loss_and_grads(impl: str, num_items: int, chunk: int):
+def _loss_and_grads(impl: str, num_items: int, chunk: int, negatives: int = 0):
     import jax
+    import jax.numpy as jnp
 
-    from jaxrec.losses import softmax_ce_chunked, softmax_ce_full
+    from jaxrec import sampling
+    from jaxrec.losses import sampled_softmax_loss, softmax_ce_chunked, softmax_ce_full
 
     def loss(h, table, targets):
         if impl == "naive":
             return softmax_ce_full(h, table, targets, num_items)[0]
+        if impl == "sampled":
+            ids_M, log_q_M = sampling.uniform(jax.random.key(1), negatives, num_items)
+            log_q_N = jnp.full(targets.shape, log_q_M[0])  # uniform: every item's Q is the same
+            return sampled_softmax_loss(h, table[targets], targets, log_q_N, table[ids_M], ids_M, log_q_M, 1.0)[0]
         return softmax_ce_chunked(h, table, targets, num_items, chunk=chunk)[0]
 
     return jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
@@ -103,12 +116,17 @@ def worker(args) -> dict:
             "chunked_over_naive_time": round(chunked_ms / naive_ms, 3),
         }
 
-    step = _loss_and_grads(args.impl, num_items, args.chunk)
+    step = _loss_and_grads(args.impl, num_items, args.chunk, args.num_negatives)
     start = time.perf_counter()
     compiled = step.lower(h, table, targets).compile()
     compile_s = time.perf_counter() - start
     memory = compiled.memory_analysis()
     record = {"figure": "loss_step", "compile_s": round(compile_s, 3), "ran": False}
+    if args.impl == "sampled":
+        record["negatives"] = args.num_negatives
+        if not args.no_run:
+            leaves = jax.tree.leaves(compiled(h, table, targets))
+            record["finite"] = bool(all(np.all(np.isfinite(np.asarray(x))) for x in leaves))
     if memory is not None:
         record["xla_temp_bytes"] = int(memory.temp_size_in_bytes)
         record["xla_peak_bytes"] = int(
@@ -137,7 +155,7 @@ def worker(args) -> dict:
     return record
 
 
-def _spawn(impl: str, items: int, args, no_run: bool = False) -> dict:
+def _spawn(impl: str, items: int, args, no_run: bool = False, negatives: int = 0) -> dict:
     cmd = [
         sys.executable,
         __file__,
@@ -156,6 +174,8 @@ def _spawn(impl: str, items: int, args, no_run: bool = False) -> dict:
         str(args.repeats),
         "--single-above",
         str(args.single_above),
+        "--num-negatives",
+        str(negatives),
     ] + (["--no-run"] if no_run else [])
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
@@ -174,18 +194,22 @@ def main(argv=None) -> list[dict]:
     parser.add_argument(
         "--single-above", type=float, default=1e6, help="larger sizes are timed once, without a warm-up (minutes each)"
     )
+    parser.add_argument("--impls", default="chunked,naive,sampled", help="which of chunked, naive, sampled to run")
+    parser.add_argument("--negatives", default="1024,8192", help="sampled: candidates per step (one record each)")
     parser.add_argument("--out", default="", help="append the JSON lines to this file")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes for the tests")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--impl", default="chunked", help=argparse.SUPPRESS)
     parser.add_argument("--items", type=float, default=1e4, help=argparse.SUPPRESS)
     parser.add_argument("--no-run", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--num-negatives", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         print(json.dumps(worker(args)))
         return []
     if args.smoke:
         args.sizes, args.naive_max, args.positions, args.chunk, args.repeats = "500,3000", 500, 64, 256, 2
+        args.negatives = "64"
 
     import jax
 
@@ -197,13 +221,20 @@ def main(argv=None) -> list[dict]:
         "dim": args.dim,
         "chunk": args.chunk,
     }
+    impls = {s.strip() for s in args.impls.split(",") if s.strip()}
+    unknown = impls - {"chunked", "naive", "sampled"}
+    if unknown:
+        parser.error(f"--impls: unknown {', '.join(sorted(unknown))}; known: chunked, naive, sampled")
     records = []
     for items in (int(float(s)) for s in args.sizes.split(",")):
-        runs = [("chunked", False), ("naive", items > args.naive_max)]
+        runs = [("chunked", False, 0), ("naive", items > args.naive_max, 0)]
         if items <= args.naive_max:
-            runs.append(("check", False))
-        for impl, no_run in runs:
-            record = {**common, "impl": impl, "items": items, **_spawn(impl, items, args, no_run)}
+            runs.append(("check", False, 0))
+        runs = [run for run in runs if run[0] in impls or (run[0] == "check" and {"chunked", "naive"} <= impls)]
+        if "sampled" in impls:
+            runs += [("sampled", False, int(float(m))) for m in args.negatives.split(",") if m.strip()]
+        for impl, no_run, negatives in runs:
+            record = {**common, "impl": impl, "items": items, **_spawn(impl, items, args, no_run, negatives)}
             records.append(record)
             line = json.dumps(record, sort_keys=True)
             print(line, flush=True)

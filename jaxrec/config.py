@@ -45,7 +45,7 @@ class ModelConfig:
     num_blocks: int = 2  # transformer blocks
     num_heads: int = 1  # attention heads
     dropout: float = 0.2  # dropout rate on embeddings, attention weights and feed-forward
-    attention: str = "auto"  # attention implementation: auto | xla | reference (see jaxrec.layers.attention)
+    attention: str = "auto"  # auto|reference|xla|causal_blocked|cudnn|{cudnn_padded,pallas_flash,padded}[_causal]
     shared_output_embedding: bool = True  # False: a separate output item table (SASRec ablation)
     mask_prob: float = 0.2  # bert4rec: probability that the cloze task masks an item
     loss: str = "bce"  # training loss: bce | bpr | ce | ce_chunked | gbce | sampled (see jaxrec/losses.py)

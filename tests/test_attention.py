@@ -103,3 +103,152 @@ def test_hash_dropout_mask_rate_and_independence():
     neighbour_corr = np.corrcoef(flat[:-1], flat[1:])[0, 1]
     assert abs(neighbour_corr) < 0.01
     assert np.all(keep_mask(jnp.uint32(1), (10,), 0.0))
+
+
+# ---- Kernel-backed implementations (issue 6) -------------------------------------------------------------
+
+# cuDNN's conversions (head dim padded to 8, left padding rotated to cuDNN's right padding, lengths and
+# is_causal) run through XLA here: `dpa_implementation="xla"` takes the same path with another backend.
+CUDNN_VIA_XLA = dict(dpa_implementation="xla")
+
+
+def _padding_mask(valid, causal):
+    """Left padding (+ causal): what the trusting kernels assume; padding query rows see nothing."""
+    if causal:
+        return attn.causal_padding_mask(valid, causal=True)
+    return valid[:, :, None] & valid[:, None, :]
+
+
+def _odd_head_inputs(seed=0, head_dim=10):
+    """Head dim 10: not a multiple of 8, so cuDNN's padding of the head dim is exercised."""
+    keys = jax.random.split(jax.random.key(seed), 3)
+    q, k, v = (jax.random.normal(kk, (B, L, H, head_dim)) for kk in keys)
+    lengths = jnp.array([L, 5, 0])
+    return q, k, v, jnp.arange(L)[None] >= (L - lengths)[:, None]
+
+
+def _check_against_naive(impl, causal, kwargs, grads=True):
+    q, k, v, valid = _odd_head_inputs()
+    mask = _padding_mask(valid, causal)
+    out = attn.attention(q, k, v, implementation=impl, mask_BxLxS=mask, **kwargs)
+    np.testing.assert_allclose(out, _naive_d(q, k, v, mask), atol=1e-5)
+    assert not np.any(np.asarray(out[2])) and not np.any(np.asarray(out[1, : L - 5]))  # padding rows: zeros
+    if grads:
+
+        def loss(q, k, v, impl, kwargs):
+            return jnp.sum(attn.attention(q, k, v, implementation=impl, mask_BxLxS=mask, **kwargs) ** 2)
+
+        got = jax.grad(loss, argnums=(0, 1, 2))(q, k, v, impl, kwargs)
+        want = jax.grad(loss, argnums=(0, 1, 2))(q, k, v, "reference", {})
+        for g, r in zip(got, want):
+            assert np.all(np.isfinite(g))
+            np.testing.assert_allclose(g, r, atol=1e-5)
+
+
+def _naive_d(q, k, v, mask):
+    """_naive for any head dim."""
+    q, k, v, mask = (np.asarray(x, np.float64) for x in (q, k, v, mask))
+    logits = np.einsum("blhd,bshd->bhls", q, k) / np.sqrt(q.shape[-1])
+    logits = np.where(mask[:, None], logits, -np.inf)
+    peak = np.max(logits, -1, keepdims=True)
+    w = np.exp(logits - np.where(np.isfinite(peak), peak, 0))
+    denom = w.sum(-1, keepdims=True)
+    w = np.where(denom > 0, w / np.where(denom > 0, denom, 1), 0)
+    return np.einsum("bhls,bshd->blhd", w, v)
+
+
+@pytest.mark.parametrize(
+    "impl, causal",
+    [("cudnn", True), ("cudnn", False), ("cudnn_padded_causal", True), ("cudnn_padded", False)],
+)
+def test_cudnn_conversions_match_naive(impl, causal):
+    _check_against_naive(impl, causal, CUDNN_VIA_XLA)
+
+
+def test_cudnn_general_path_takes_any_mask_and_a_bias():
+    q, k, v, valid = _odd_head_inputs()
+    mask = jax.random.bernoulli(jax.random.key(3), 0.6, (B, L, L)) & valid[:, None, :]  # some rows empty
+    bias = jax.random.normal(jax.random.key(4), (B, H, L, L))
+    out = attn.attention(q, k, v, implementation="cudnn", mask_BxLxS=mask, bias_BxHxLxS=bias, **CUDNN_VIA_XLA)
+    want = attn.attention(q, k, v, implementation="reference", mask_BxLxS=mask, bias_BxHxLxS=bias)
+    np.testing.assert_allclose(out, want, atol=1e-5)
+
+
+@pytest.mark.parametrize("impl, causal", [("pallas_flash_causal", True), ("pallas_flash", False)])
+def test_pallas_flash_in_the_interpreter_matches_naive(impl, causal):
+    # JAX's Pallas GPU flash kernel, run by the Pallas interpreter (the default on CPU).
+    _check_against_naive(impl, causal, {}, grads=causal)
+
+
+@pytest.mark.parametrize("impl, causal", [("padded_causal", True), ("padded", False)])
+def test_padded_kernel_matches_naive(impl, causal):
+    pytest.importorskip("jaxrec.kernels.padded_attention")
+    _check_against_naive(impl, causal, {}, grads=causal)
+
+
+def test_padded_reads_lengths_from_the_last_mask_row(monkeypatch):
+    # A stand-in kernel: the plumbing (lengths, causal flag, zeroed padding rows) without the real one.
+    import sys
+    import types
+
+    calls = {}
+
+    def fake_kernel(q, k, v, lengths_B, *, causal=True, block_q=0, block_k=0, interpret=None):
+        calls.update(lengths=np.asarray(lengths_B), causal=causal)
+        return jnp.ones_like(q)
+
+    module = types.ModuleType("jaxrec.kernels.padded_attention")
+    module.pallas_padded_attention = fake_kernel
+    monkeypatch.setitem(sys.modules, "jaxrec.kernels.padded_attention", module)
+    monkeypatch.setattr(attn, "_module_exists", lambda name: True)
+    q, k, v, valid = _inputs()
+    out = attn.attention(q, k, v, implementation="padded_causal", mask_BxLxS=_padding_mask(valid, True))
+    np.testing.assert_array_equal(calls["lengths"], [L, 5, 0])
+    assert calls["causal"] is True
+    np.testing.assert_array_equal(np.asarray(out[:, :, 0, 0]), np.asarray(valid, np.float32))
+
+
+@pytest.mark.parametrize("impl", ["cudnn_padded_causal", "pallas_flash_causal", "padded_causal"])
+def test_trusting_kernels_fall_back_to_reference_for_last_only_queries(impl, monkeypatch):
+    # SASRec's last_only inference: one query row against L keys. The kernel is never called.
+    monkeypatch.setattr(attn, "supports", lambda *args, **kwargs: (True, ""))
+    q, k, v, valid = _inputs()
+    mask = attn.causal_padding_mask(valid, causal=True)[:, -1:]
+    out = attn.attention(q[:, -1:], k, v, implementation=impl, mask_BxLxS=mask)
+    want = attn.attention(q[:, -1:], k, v, implementation="reference", mask_BxLxS=mask)
+    np.testing.assert_allclose(out, want, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "impl, kwargs, match",
+    [
+        ("cudnn", {}, "needs an NVIDIA GPU"),
+        ("cudnn_padded_causal", {}, "needs an NVIDIA GPU"),
+        ("pallas_flash_causal", {"dropout_rate": 0.1, "dropout_rng": jax.random.key(0)}, "no attention-weight dropout"),
+        ("pallas_flash", {"bias_BxHxLxS": jnp.zeros((B, H, L, L))}, "takes no additive bias"),
+        ("padded_causal", {"dropout_rate": 0.1, "dropout_rng": jax.random.key(0)}, "no attention-weight dropout"),
+        ("pallas_flash_causal", {"interpret": False}, "Pallas interpreter"),
+    ],
+)
+def test_unservable_cases_say_why(impl, kwargs, match):
+    q, k, v, valid = _inputs()
+    with pytest.raises(attn.UnsupportedAttention, match=match) as info:
+        attn.attention(q, k, v, implementation=impl, mask_BxLxS=_padding_mask(valid, True), **kwargs)
+    assert isinstance(info.value, ValueError) and isinstance(info.value, NotImplementedError)
+
+
+def test_supports_reports_reasons_per_backend():
+    ok, why = attn.supports("cudnn", "gpu", jnp.float32, 64)
+    assert not ok and "bfloat16" in why
+    assert attn.supports("cudnn", "gpu", jnp.bfloat16, 50) == (True, "")  # 50 is padded to 56
+    assert not attn.supports("cudnn_padded_causal", "gpu", jnp.bfloat16, 64, has_bias=True)[0]
+    assert attn.supports("cudnn", "gpu", jnp.bfloat16, 64, has_bias=True)[0]
+    assert attn.supports("pallas_flash_causal", "gpu", jnp.float32, 50)[0]
+    assert "interpreter" in attn.supports("padded_causal", "cpu")[1]
+    assert attn.supports("pallas_flash", "cpu", interpret=True)[0]
+    assert attn.supports("causal_blocked", "cpu", has_bias=True, has_dropout=True)[0]
+    assert "unknown attention implementation" in attn.supports("flash9", "gpu")[1]
+    for impl in attn.IMPLEMENTATIONS:  # every registered name answers on every backend
+        for backend in ("cpu", "gpu", "tpu"):
+            ok, why = attn.supports(impl, backend, jnp.bfloat16, 64)
+            assert ok or why.startswith(impl), (impl, backend, why)
