@@ -45,6 +45,7 @@ class ModelConfig:
     num_blocks: int = 2  # transformer blocks
     num_heads: int = 1  # attention heads
     dropout: float = 0.2  # dropout rate on embeddings, attention weights and feed-forward
+    attention_dropout: float = -1.0  # sasrec, bert4rec: dropout on attention weights; -1 = model.dropout (fused kernels need 0)
     attention: str = "auto"  # auto|reference|xla|causal_blocked|cudnn|{cudnn_padded,pallas_flash,padded}[_causal]
     shared_output_embedding: bool = True  # False: a separate output item table (SASRec ablation)
     mask_prob: float = 0.2  # bert4rec: probability that the cloze task masks an item
@@ -66,6 +67,11 @@ class ModelConfig:
     tower_layers: int = 3  # youtube_dnn: ReLU layers of the user tower (the last one is hidden wide)
     tower_width: int = 256  # youtube_dnn: width of the tower's other ReLU layers
     user_features: bool = False  # youtube_dnn: add gender/age/occupation embeddings (ML-1M users.dat)
+
+
+def attention_dropout_rate(model: ModelConfig) -> float:
+    """The attention-weight dropout rate `model` asks for (`attention_dropout`, or `dropout` when -1)."""
+    return model.dropout if model.attention_dropout < 0 else model.attention_dropout
 
 
 @dataclasses.dataclass(frozen=True)
@@ -282,6 +288,7 @@ def validate(cfg: Config) -> None:
         (cfg.model.num_heads >= 1, "model.num_heads must be >= 1"),
         (cfg.model.hidden % cfg.model.num_heads == 0, "model.hidden must be divisible by model.num_heads"),
         (0.0 <= cfg.model.dropout < 1.0, "model.dropout must be in [0, 1)"),
+        (cfg.model.attention_dropout == -1.0 or 0.0 <= cfg.model.attention_dropout < 1.0, "model.attention_dropout must be -1 or in [0, 1)"),
         (cfg.model.loss in LOSSES, f"model.loss must be one of {', '.join(LOSSES)}"),
         (0.0 < cfg.model.mask_prob < 1.0, "model.mask_prob must be in (0, 1)"),
         (

@@ -21,7 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxrec.config import ModelConfig
+from jaxrec.config import ModelConfig, attention_dropout_rate
 from jaxrec.layers.attention import causal_padding_mask
 from jaxrec.layers.dropout import Dropout
 from jaxrec.layers.transformer import SelfAttention, dense_init, layer_norm
@@ -56,7 +56,7 @@ class BERT4Rec(nn.Module):
         self.embed_norm = layer_norm("embed_norm")
         self.embed_dropout = Dropout(cfg.dropout)
         self.attentions = [
-            SelfAttention(cfg.num_heads, cfg.dropout, cfg.attention, name=f"attention_{i}")
+            SelfAttention(cfg.num_heads, attention_dropout_rate(cfg), cfg.attention, name=f"attention_{i}")
             for i in range(cfg.num_blocks)
         ]
         self.attention_dropouts = [Dropout(cfg.dropout) for _ in range(cfg.num_blocks)]

@@ -14,7 +14,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxrec.config import ModelConfig
+from jaxrec.config import ModelConfig, attention_dropout_rate
 from jaxrec.layers.attention import causal_padding_mask
 from jaxrec.layers.dropout import Dropout
 from jaxrec.layers.transformer import PointWiseFeedForward, SelfAttention, layer_norm
@@ -41,7 +41,7 @@ class SASRec(nn.Module):
         self.embed_dropout = Dropout(cfg.dropout)
         self.attention_norms = [layer_norm(f"attention_norm_{i}") for i in range(cfg.num_blocks)]
         self.attentions = [
-            SelfAttention(cfg.num_heads, cfg.dropout, cfg.attention, name=f"attention_{i}")
+            SelfAttention(cfg.num_heads, attention_dropout_rate(cfg), cfg.attention, name=f"attention_{i}")
             for i in range(cfg.num_blocks)
         ]
         self.ffn_norms = [layer_norm(f"ffn_norm_{i}") for i in range(cfg.num_blocks)]
