@@ -209,8 +209,11 @@ def sampled_ce(h_BxLxD, table_VxD, positives_BxL, candidate_ids_M, log_q_V):
     return loss, aux["count"]
 
 
-def training_loss(cfg_model, num_items: int, h_BxLxD, table_VxD, batch, key):
+def training_loss(cfg_model, num_items: int, h_BxLxD, table_VxD, batch, key, mesh=None):
     """The loss `model.loss` names, on a batch: (mean over target positions, number of them).
+
+    With a `mesh` whose "model" axis splits the item table, ce and ce_chunked run vocabulary-parallel
+    (`jaxrec.vocab_parallel`: each shard's logits stay local, logsumexps combine across shards).
 
     bce         SASRec: positive vs one negative per position from the pipeline (outside the history)
     bpr         -log sigmoid(pos - neg) with the same negatives (Rendle et al.'s BPR)
@@ -233,6 +236,11 @@ def training_loss(cfg_model, num_items: int, h_BxLxD, table_VxD, batch, key):
     if cfg_model.loss in ("ce", "ce_chunked"):
         h_NxD = h_BxLxD.reshape(-1, h_BxLxD.shape[-1])
         targets_N = positives_BxL.reshape(-1)
+        if mesh is not None and mesh.shape["model"] > 1:
+            from jaxrec.vocab_parallel import sharded_softmax_ce  # imports this module
+
+            chunk = cfg_model.ce_chunk if cfg_model.loss == "ce_chunked" else 0
+            return sharded_softmax_ce(h_NxD, table_VxD, targets_N, num_items, mesh, chunk=chunk)
         if cfg_model.loss == "ce":
             return softmax_ce_full(h_NxD, table_VxD, targets_N, num_items)
         return softmax_ce_chunked(h_NxD, table_VxD, targets_N, num_items, chunk=cfg_model.ce_chunk)

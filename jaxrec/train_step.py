@@ -74,8 +74,10 @@ def init_state(model, tx, cfg: Config, mesh=None) -> TrainState:
     return jax.jit(init, out_shardings=shardings)(init_key, base_key)
 
 
-def make_train_step(model, tx, cfg: Config):
+def make_train_step(model, tx, cfg: Config, mesh=None):
     """Returns train_step(state, batch) -> (state, metrics); jit it with the state donated.
+
+    `mesh`: the mesh the step will be sharded over, for the losses that run vocabulary-parallel on it.
 
     With `train.micro_batch` = m < batch size, the batch is processed as B/m micro-batches in a
     `lax.scan` that accumulates gradients of the summed loss, then one optimizer update with the
@@ -93,7 +95,7 @@ def make_train_step(model, tx, cfg: Config):
             {"params": params}, batch["inputs_BxL"], deterministic=False, rngs={"dropout": dropout_key}, **user_inputs
         )
         loss_key = jax.random.fold_in(dropout_key, 1 << 30)  # gbce's negatives; independent of dropout
-        mean, count = training_loss(cfg.model, num_items, h_BxLxD, table_VxD, batch, loss_key)
+        mean, count = training_loss(cfg.model, num_items, h_BxLxD, table_VxD, batch, loss_key, mesh)
         return mean * count, count
 
     grad_fn = jax.value_and_grad(summed_loss, has_aux=True)
