@@ -256,6 +256,7 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--out-dir", default="", help="default benchmarks/results/<device>/ (smoke: none)")
     parser.add_argument("--smoke", action="store_true", help="tiny shapes (seconds)")
     parser.add_argument("--md-only", action="store_true", help="only rebuild step_bench.md from the .jsonl")
+    parser.add_argument("--profile", default="", help="write a jax.profiler trace (TensorBoard / Perfetto) here")
     args = parser.parse_args(argv)
     if args.smoke:
         args.cases = args.cases if args.cases != "*" else "sasrec_ml1m,mf_ml1m"
@@ -278,15 +279,22 @@ def main(argv=None) -> list[dict]:
     peak = common.matmul_peak(256 if args.smoke else None)
     common.append_jsonl(out, {**info, "run": args.run, "figure": "matmul_peak_tflops", **peak})
     records = []
+    import jax
+
+    if args.profile:
+        jax.profiler.start_trace(args.profile)
     for case in selected:
         try:
-            record = run_case(case, args, info, peak)
+            with jax.profiler.TraceAnnotation(case):
+                record = run_case(case, args, info, peak)
         except Exception as error:  # noqa: BLE001  (one failing config must not stop the others)
             first_line = (str(error).strip().splitlines() or [""])[0][:300]
             record = {**info, "run": args.run, "figure": "train_step", "case": case, "overrides": CASES[case][1]}
             record["error"] = f"{type(error).__name__}: {first_line}"
         records.append(record)
         common.append_jsonl(out, record)
+    if args.profile:
+        jax.profiler.stop_trace()
     if out is not None:
         (out_dir / "step_bench.md").write_text(markdown(common.read_jsonl(out)))
     return records
