@@ -143,6 +143,7 @@ class CTRConfig:
     attention_mlp: tuple[int, ...] = (80, 40)  # din: hidden widths of the activation unit
     activation: str = "relu"  # MLP activation: relu | leaky_relu | prelu | dice (DIN's, with batch statistics)
     time_buckets: int = 32  # bst: rows of the log2(1 + seconds before the recommendation) bucket table (32: all)
+    wide: bool = False  # din, bst: add WDL's wide part (item, genre, user-field biases and crosses) to the logit
     l2_reg: float = 0.0  # mini-batch aware L2 (DIN): item and genre rows in the batch, each weighted 1 / n_j
 
 

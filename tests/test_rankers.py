@@ -161,3 +161,18 @@ def test_minibatch_l2_touches_only_rows_in_the_batch_scaled_by_inverse_frequency
     # The value: each present row once, however often it occurs in the batch.
     value = minibatch_l2(jnp.asarray(table), present_rows(jnp.asarray(np.flatnonzero(present)), table.shape[0]), 2.0)
     np.testing.assert_allclose(value, (table[present] ** 2).sum() / 2.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["din", "bst"])
+def test_wide_option_adds_wdls_wide_part(name):
+    """ctr.wide gives DIN and BST WDL's wide parameters, and the item bias moves the logit one for one."""
+    cfg = _config(name, wide=True)
+    model = build_ranker(cfg, ITEMS, GENRES, USER_VOCAB)
+    state = init_state(model, make_optimizer(cfg), cfg, _batch(), _categories())
+    assert {"wide_item", "wide_genre", "wide_user", "wide_cross"} <= set(state.params)
+    base, _ = _apply(model, state, _batch())
+    candidate = _batch()["candidate_B"][0]
+    bumped = state.replace(params={**state.params, "wide_item": state.params["wide_item"].at[candidate].add(1.0)})
+    changed, _ = _apply(model, bumped, _batch())
+    assert float(changed[0] - base[0]) == pytest.approx(1.0, abs=1e-4)
+    assert "wide_item" not in _setup(name)[2].params  # off by default, as the papers

@@ -22,6 +22,9 @@ the F vectors are concatenated). An event or a candidate is [item, genre] (E wid
   BST      (Chen et al., 2019, Behavior Sequence Transformer) `model.num_blocks` post-norm transformer
            layers over [history, candidate], each position [item, genre, embedding of the bucketed
            time between the event and the recommendation]; the S outputs are concatenated into the MLP.
+
+`ctr.wide` adds WDL's wide part to DIN and BST, so that they see every feature WDL sees and a
+comparison isolates what the sequence model adds (the papers' DIN and BST have no wide part).
 """
 
 from __future__ import annotations
@@ -173,6 +176,28 @@ class _Ranker(nn.Module):
             user_BxU = jnp.zeros((history_BxL.shape[0], 0), jnp.float32)
         return hist_BxLxE, history_BxL > 0, cand_BxE, user_BxU
 
+    def _setup_wide(self):
+        """WDL's wide part (called from setup): per-item bias, genre weights, user-field biases and crosses."""
+        self.wide_item = self.param("wide_item", nn.initializers.zeros, (vocab_rows(self.num_items),))
+        if self.num_categories:
+            self.wide_genre = self.param("wide_genre", nn.initializers.zeros, (self.num_categories,))
+        if self.user_vocab:
+            self.wide_user = self.param("wide_user", nn.initializers.zeros, (self.user_vocab,))
+        if self.num_categories and self.user_vocab:
+            self.wide_cross = self.param("wide_cross", nn.initializers.zeros, (self.user_vocab, self.num_categories))
+
+    def _wide(self, batch):
+        """The wide logit, B float32: linear in the candidate item, its genres, the user fields and their crosses."""
+        wide_B = self.wide_item[batch["candidate_B"]]
+        if self.num_categories:
+            wide_B += batch["candidate_genres_BxC"] @ self.wide_genre
+        if self.user_vocab:
+            user_BxF = batch["user_BxF"]
+            wide_B += self.wide_user[user_BxF].sum(-1)
+            if self.num_categories:
+                wide_B += jnp.einsum("bfc,bc->b", self.wide_cross[user_BxF], batch["candidate_genres_BxC"])
+        return wide_B.astype(jnp.float32)
+
     def _deep(self, parts, deterministic: bool):
         x = jnp.concatenate(parts, axis=-1)
         return self.head(self.mlp(x, deterministic=deterministic))[:, 0].astype(jnp.float32)
@@ -187,13 +212,7 @@ class WDL(_Ranker):
         self.embed = self._embeddings()
         self.mlp = MLP(self.ctr.mlp, self.ctr.activation)
         self.head = nn.Dense(1, kernel_init=dense_init)
-        self.wide_item = self.param("wide_item", nn.initializers.zeros, (vocab_rows(self.num_items),))
-        if self.num_categories:
-            self.wide_genre = self.param("wide_genre", nn.initializers.zeros, (self.num_categories,))
-        if self.user_vocab:
-            self.wide_user = self.param("wide_user", nn.initializers.zeros, (self.user_vocab,))
-        if self.num_categories and self.user_vocab:
-            self.wide_cross = self.param("wide_cross", nn.initializers.zeros, (self.user_vocab, self.num_categories))
+        self._setup_wide()
 
     def __call__(self, batch, *, deterministic: bool = True):
         hist_BxLxE, mask_BxL, cand_BxE, user_BxU = self._inputs(batch)
@@ -202,15 +221,7 @@ class WDL(_Ranker):
             keep_BxL = mask_BxL.astype(jnp.float32)
             pooled = jnp.einsum("bl,ble->be", keep_BxL, hist_BxLxE) / jnp.maximum(keep_BxL.sum(-1, keepdims=True), 1)
             parts.append(pooled)
-        wide_B = self.wide_item[batch["candidate_B"]]
-        if self.num_categories:
-            wide_B += batch["candidate_genres_BxC"] @ self.wide_genre
-        if self.user_vocab:
-            user_BxF = batch["user_BxF"]
-            wide_B += self.wide_user[user_BxF].sum(-1)
-            if self.num_categories:
-                wide_B += jnp.einsum("bfc,bc->b", self.wide_cross[user_BxF], batch["candidate_genres_BxC"])
-        return self._deep(parts, deterministic) + wide_B.astype(jnp.float32), {}
+        return self._deep(parts, deterministic) + self._wide(batch), {}
 
 
 class WDLSeq(WDL):
@@ -226,6 +237,8 @@ class DIN(_Ranker):
         self.attention_out = nn.Dense(1, kernel_init=dense_init)
         self.mlp = MLP(self.ctr.mlp, self.ctr.activation)
         self.head = nn.Dense(1, kernel_init=dense_init)
+        if self.ctr.wide:
+            self._setup_wide()
 
     def __call__(self, batch, *, deterministic: bool = True):
         hist_BxLxE, mask_BxL, cand_BxE, user_BxU = self._inputs(batch)
@@ -235,6 +248,8 @@ class DIN(_Ranker):
         weights_BxL = jnp.where(mask_BxL, self.attention_out(hidden)[..., 0], 0.0)  # no softmax
         interest_BxE = jnp.einsum("bl,ble->be", weights_BxL, hist_BxLxE)
         logits = self._deep([user_BxU, cand_BxE, interest_BxE], deterministic)
+        if self.ctr.wide:
+            logits = logits + self._wide(batch)
         return logits, {"attention_BxL": weights_BxL}
 
 
@@ -274,6 +289,8 @@ class BST(_Ranker):
         ]
         self.mlp = MLP(self.ctr.mlp, self.ctr.activation)
         self.head = nn.Dense(1, kernel_init=dense_init)
+        if self.ctr.wide:
+            self._setup_wide()
 
     def __call__(self, batch, *, deterministic: bool = True):
         hist_BxLxE, mask_BxL, cand_BxE, user_BxU = self._inputs(batch)
@@ -290,7 +307,8 @@ class BST(_Ranker):
         for block in self.blocks:
             x_BxSxT = block(x_BxSxT, mask_BxSxS, deterministic=deterministic) * keep_BxSx1
         flat = x_BxSxT.reshape(x_BxSxT.shape[0], -1)
-        return self._deep([user_BxU, flat], deterministic), {}
+        logits = self._deep([user_BxU, flat], deterministic)
+        return (logits + self._wide(batch) if self.ctr.wide else logits), {}
 
 
 RANKERS = {"wdl": WDL, "wdl_seq": WDLSeq, "din": DIN, "bst": BST}
