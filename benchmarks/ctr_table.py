@@ -29,6 +29,9 @@ ROWS = {
     "din": dict(config="din_ml1m.py", settings=[]),
     "bst_1block": dict(config="bst_ml1m.py", settings=["model.num_blocks=1"]),
     "bst_2blocks": dict(config="bst_ml1m.py", settings=["model.num_blocks=2"]),
+    # With WDL's wide part (ctr.wide): the same features as WDL plus the sequence model.
+    "din_wide": dict(config="din_ml1m.py", settings=["ctr.wide=true"]),
+    "bst_1block_wide": dict(config="bst_ml1m.py", settings=["model.num_blocks=1", "ctr.wide=true"]),
 }
 FIGURES = {"test_auc": "test/auc", "test_gauc": "test/gauc", "test_logloss": "test/logloss"}
 FIGURES |= {"valid_auc": "valid/auc", "train_seconds": "train/seconds", "best_epoch": "best_epoch"}
