@@ -87,6 +87,7 @@ def test_training_beats_chance_and_reports_the_temporal_metrics(tmp_path):
     assert realtime["test/points"] > metrics["test/points"] and 0.0 < realtime["test/recall@10"] <= 1.0
 
 
+@pytest.mark.slow  # the shared loop's resume is tested fast in test_trainer; this is the retrieval state (sketch) too
 def test_interrupted_retrieval_run_resumes_to_the_same_result(tmp_path):
     # The streaming estimator's state is in the checkpoint: a resumed run sees the same Q.
     cfg = replace(_config(frequency="youtube"), train=dict(num_epochs=2))

@@ -211,6 +211,7 @@ def test_approx_top_k_recall(shape):
     assert recall >= 0.9
 
 
+@pytest.mark.slow  # 15-25 s of subprocess compiles; .ci/run runs the slow tests
 def test_scale_bench_smoke(tmp_path):
     out = tmp_path / "scale.jsonl"
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # the script sets its own device count
