@@ -144,11 +144,12 @@ class TrainBatches:
 class ProcessRows:
     """grain transform: the rows of step's batch that this process feeds (picklable, unlike a lambda)."""
 
-    def __init__(self, plan: TrainBatches, rows: slice):
+    def __init__(self, plan, rows: slice | None):
         self.plan, self.rows = plan, rows
 
     def __call__(self, step: int) -> dict[str, np.ndarray]:
-        return self.plan(step, self.rows)
+        # Plans without a rows argument (the CTR and retrieval trainers' single-device plans) get the step only.
+        return self.plan(step) if self.rows is None else self.plan(step, self.rows)
 
 
 def train_iterator(plan: TrainBatches, start_step: int, num_steps: int, prefetch: int = 4, rows: slice | None = None):
