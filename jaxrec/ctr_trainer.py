@@ -19,6 +19,7 @@ import jax
 import numpy as np
 
 from jaxrec import config as config_lib
+from jaxrec import mesh as mesh_lib
 from jaxrec import run_dir
 from jaxrec.checkpoint import RunCheckpoints
 from jaxrec.ctr_metrics import ctr_metrics
@@ -46,6 +47,8 @@ def evaluate(predict, state, batches: list[dict[str, np.ndarray]], prefix: str) 
 def run(cfg: config_lib.Config, workdir, resume: bool = False, interrupt_after_epoch: int | None = None):
     """Trains and evaluates a CTR ranker as `cfg` says; returns the final metrics (also in metrics.json)."""
     config_lib.validate(cfg)
+    mesh = mesh_lib.make_mesh(cfg.mesh.data, cfg.mesh.model)
+    mesh_lib.check_batch_sizes(cfg, mesh, single_process="the CTR trainer")
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     run_dir.check_workdir(workdir, cfg, resume)
@@ -75,13 +78,15 @@ def run(cfg: config_lib.Config, workdir, resume: bool = False, interrupt_after_e
     )
 
     tx = make_optimizer(cfg)
-    state = init_state(model, tx, cfg, plan(0), data.categories_VxC)
+    # Item tables (embedding and wide bias) split over `model`, batch rows over `data`.
+    state = mesh_lib.shard_state(init_state(model, tx, cfg, plan(0), data.categories_VxC), mesh, cfg.mesh.fsdp)
     checkpoints = RunCheckpoints(workdir)
     state, record = restore_latest(checkpoints, state, workdir, resume)
 
     compile_start = time.perf_counter()
     step_fn = make_train_step(model, tx, cfg, data.categories_VxC, item_counts, genre_counts)
-    train_step = jax.jit(step_fn, donate_argnums=0).lower(state, plan(0)).compile(compiler_options=compiler_options())
+    compiled = mesh_lib.jit_step(step_fn, state, mesh).lower(state, mesh_lib.abstract_batch(plan(0), mesh))
+    compiled = compiled.compile(compiler_options=compiler_options())
     predict = jax.jit(make_predict(model, data.categories_VxC))
     compile_seconds = time.perf_counter() - compile_start
     log.info("compiled the train step in %.1f s", compile_seconds)
@@ -92,7 +97,7 @@ def run(cfg: config_lib.Config, workdir, resume: bool = False, interrupt_after_e
         checkpoints,
         state,
         record,
-        train_step,
+        lambda state, batch: compiled(state, mesh_lib.put_batch(batch, mesh)),
         train_iterator(plan, int(state.step), cfg.train.num_epochs * plan.steps_per_epoch),
         plan.steps_per_epoch,
         lambda state, which: evaluate(predict, state, valid_batches if which == "valid" else test_batches, which),

@@ -122,9 +122,44 @@ def tree_shardings(tree, mesh: Mesh, fsdp: bool = False):
     return jax.tree_util.tree_map_with_path(leaf_sharding, tree)
 
 
-def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
-    """Batch arrays: rows split over `data`, replicated over `model`."""
+def batch_sharding(mesh: Mesh, ndim: int = 1) -> NamedSharding:
+    """Batch arrays (of any rank >= 1): rows split over `data`, replicated over `model`."""
     return NamedSharding(mesh, PartitionSpec("data", *([None] * (ndim - 1))))
+
+
+def shard_state(state, mesh: Mesh, fsdp: bool = False):
+    """Places a state made on one device by the rules (for inits that cannot take out_shardings)."""
+    return jax.device_put(state, tree_shardings(state, mesh, fsdp))
+
+
+def jit_step(step_fn, state, mesh: Mesh):
+    """jit(step_fn): the state in and out in its own sharding (donated), batches split over `data`,
+    metrics replicated."""
+    state_shardings = jax.tree.map(lambda x: x.sharding, state)
+    return jax.jit(
+        step_fn,
+        in_shardings=(state_shardings, batch_sharding(mesh)),
+        out_shardings=(state_shardings, replicated(mesh)),
+        donate_argnums=0,
+    )
+
+
+def check_batch_sizes(cfg, mesh: Mesh, single_process: str = "") -> None:
+    """Batch sizes must split evenly over the data axis and the processes; `single_process` names a
+    trainer that feeds its batches from one process only."""
+    from jaxrec.config import ConfigError
+
+    if single_process and jax.process_count() > 1:
+        raise ConfigError(f"{single_process} runs in one process (on any number of its devices), not {jax.process_count()}")
+    data = mesh.shape["data"]
+    for key, size in (("train.batch_size", cfg.train.batch_size), ("eval.batch_size", cfg.eval.batch_size)):
+        if size % data or size % jax.process_count():
+            raise ConfigError(
+                f"{key}={size} must be divisible by the mesh's data axis ({data} devices) "
+                f"and by the {jax.process_count()} processes; set mesh.data or the batch size"
+            )
+    if cfg.train.micro_batch and cfg.train.micro_batch % data:
+        raise ConfigError(f"train.micro_batch={cfg.train.micro_batch} must be divisible by mesh data={data}")
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -153,10 +188,11 @@ def put_batch(local_batch: dict[str, Any], mesh: Mesh) -> dict[str, jax.Array]:
     return out
 
 
-def abstract_batch(shapes: dict[str, Any], mesh: Mesh) -> dict[str, Any]:
-    """ShapeDtypeStructs carrying the batch sharding, for ahead-of-time lowering."""
+def abstract_batch(batch: dict[str, Any], mesh: Mesh) -> dict[str, Any]:
+    """ShapeDtypeStructs of a global batch carrying the batch sharding, for ahead-of-time lowering."""
     return jax.tree.map(
-        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=batch_sharding(mesh, len(s.shape))), shapes
+        lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype, sharding=batch_sharding(mesh, np.ndim(x))),
+        batch,
     )
 
 

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxrec import config as config_lib
+from jaxrec import mesh as mesh_lib
 from jaxrec import run_dir
 from jaxrec.checkpoint import RunCheckpoints
 from jaxrec.data.events import load_events
@@ -106,6 +107,8 @@ def evaluate_checkpoint(workdir, overrides: list[str] = (), which: str = "best")
 def run(cfg: config_lib.Config, workdir, resume: bool = False, interrupt_after_epoch: int | None = None):
     """Trains and evaluates a two-tower model as `cfg` says; returns the final metrics (also in metrics.json)."""
     config_lib.validate(cfg)
+    mesh = mesh_lib.make_mesh(cfg.mesh.data, cfg.mesh.model)
+    mesh_lib.check_batch_sizes(cfg, mesh, single_process="the retrieval trainer")
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     run_dir.check_workdir(workdir, cfg, resume)
@@ -127,15 +130,17 @@ def run(cfg: config_lib.Config, workdir, resume: bool = False, interrupt_after_e
     )
 
     tx = make_optimizer(cfg)
-    state = init_state(model, tx, cfg, plan(0))
+    # Item table rows split over `model`, batch rows over `data` (in-batch candidates: GSPMD gathers them).
+    state = mesh_lib.shard_state(init_state(model, tx, cfg, plan(0)), mesh, cfg.mesh.fsdp)
     checkpoints = RunCheckpoints(workdir)
     state, record = restore_latest(checkpoints, state, workdir, resume)
 
     compile_start = time.perf_counter()
     step_fn = make_train_step(model, tx, cfg, events.num_items, counts, item_features)
-    train_step = jax.jit(step_fn, donate_argnums=0).lower(state, plan(0)).compile(compiler_options=compiler_options())
+    compiled = mesh_lib.jit_step(step_fn, state, mesh).lower(state, mesh_lib.abstract_batch(plan(0), mesh))
+    compiled = compiled.compile(compiler_options=compiler_options())
     compile_seconds = time.perf_counter() - compile_start
-    log.info("compiled the train step in %.1f s", compile_seconds)
+    log.info("compiled the train step in %.1f s on a %s mesh", compile_seconds, dict(mesh.shape))
 
     return fit(
         cfg,
@@ -143,7 +148,7 @@ def run(cfg: config_lib.Config, workdir, resume: bool = False, interrupt_after_e
         checkpoints,
         state,
         record,
-        train_step,
+        lambda state, batch: compiled(state, mesh_lib.put_batch(batch, mesh)),
         train_iterator(plan, int(state.step), cfg.train.num_epochs * plan.steps_per_epoch),
         plan.steps_per_epoch,
         lambda state, which: _evaluate(

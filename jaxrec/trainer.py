@@ -35,16 +35,7 @@ def compile_train_steps(train_step, state, plan: TrainBatches, options: dict | N
     the step takes and returns the state in its sharding (donated) and batches split over `data`.
     """
     options = compiler_options() if options is None else options
-    if mesh is None:
-        jitted = jax.jit(train_step, donate_argnums=0)
-    else:
-        state_shardings = jax.tree.map(lambda x: x.sharding, state)
-        jitted = jax.jit(
-            train_step,
-            in_shardings=(state_shardings, mesh_lib.batch_sharding(mesh)),
-            out_shardings=(state_shardings, mesh_lib.replicated(mesh)),
-            donate_argnums=0,
-        )
+    jitted = jax.jit(train_step, donate_argnums=0) if mesh is None else mesh_lib.jit_step(train_step, state, mesh)
     start = time.perf_counter()
     compiled = {}
     for length in plan.buckets:
@@ -71,19 +62,6 @@ def log_memory(state, compiled) -> dict[str, float]:
     return report
 
 
-def validate_for_mesh(cfg: config_lib.Config, mesh) -> None:
-    """Batch sizes must split evenly over the data axis (and its processes)."""
-    data = mesh.shape["data"]
-    for key, size in (("train.batch_size", cfg.train.batch_size), ("eval.batch_size", cfg.eval.batch_size)):
-        if size % data or size % jax.process_count():
-            raise config_lib.ConfigError(
-                f"{key}={size} must be divisible by the mesh's data axis ({data} devices) "
-                f"and by the {jax.process_count()} processes; set mesh.data or the batch size"
-            )
-    if cfg.train.micro_batch and cfg.train.micro_batch % data:
-        raise config_lib.ConfigError(f"train.micro_batch={cfg.train.micro_batch} must be divisible by mesh data={data}")
-
-
 def run(
     cfg: config_lib.Config, workdir: str | Path, resume: bool = False, interrupt_after_epoch: int | None = None
 ) -> dict[str, float]:
@@ -101,7 +79,7 @@ def run(
         return ctr_trainer.run(cfg, workdir, resume, interrupt_after_epoch)
     config_lib.validate(cfg)
     mesh = mesh_lib.make_mesh(cfg.mesh.data, cfg.mesh.model)
-    validate_for_mesh(cfg, mesh)
+    mesh_lib.check_batch_sizes(cfg, mesh)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     run_dir.check_workdir(workdir, cfg, resume)

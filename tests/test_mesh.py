@@ -4,6 +4,8 @@ conftest gives 8 host CPU devices. The full mesh x loss matrix is `slow` (compil
 8 devices takes a while on 2 cores); the default run keeps one sharded mesh per property.
 """
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -157,3 +159,36 @@ def test_largest_hlo_values_finds_the_biggest_array():
     compiled = jax.jit(lambda x: (jnp.outer(x, x) * 2).sum()).lower(jnp.ones(300)).compile()
     (name, shape, size), *_ = mesh_lib.largest_hlo_values(compiled.as_text())
     assert size >= 300 * 300 * 4 or size == 0 or shape  # fused programs may not materialise the outer
+
+
+def _epoch_losses(workdir):
+    import json
+
+    return [json.loads(line)["train/loss"] for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow  # 30-80 s: four trainer runs
+@pytest.mark.parametrize("kind", ["pinnerformer", "din"])
+def test_retrieval_and_ctr_trainers_train_the_same_on_a_mesh(tmp_path, kind):
+    """The two-tower and CTR trainers on a (data 2, model 2) mesh: the single-device losses and metrics."""
+    from jaxrec import trainer
+    from tests.test_ctr import SYNTHETIC
+    from tests.test_retrieval import _config
+
+    if kind == "pinnerformer":
+        cfg = replace(_config(), train=dict(num_epochs=2))
+    else:
+        cfg = replace(
+            _config(),
+            data=dataclasses.asdict(SYNTHETIC),
+            model=dict(name="din", max_len=8, hidden=8, num_blocks=1, num_heads=1, dropout=0.0),
+            train=dict(num_epochs=2, batch_size=64, learning_rate=5e-3),
+            eval=dict(every_epochs=1, batch_size=256, select_metric="valid/auc"),
+            ctr=dict(labels="implicit", num_negatives=2, mlp=(16,), attention_mlp=(8,), l2_reg=0.1),
+        )
+    one = trainer.run(replace(cfg, mesh=dict(data=1, model=1)), tmp_path / "one")
+    sharded = trainer.run(replace(cfg, mesh=dict(data=2, model=2)), tmp_path / "mesh")
+    np.testing.assert_allclose(_epoch_losses(tmp_path / "mesh"), _epoch_losses(tmp_path / "one"), rtol=1e-4)
+    for key, value in one.items():
+        if key.startswith("test/"):
+            assert sharded[key] == pytest.approx(value, abs=2e-3), key
