@@ -79,3 +79,16 @@ def test_eval_batches_cover_every_user_with_a_target_once():
     assert sorted(got.tolist()) == sorted(targets[targets > 0].tolist())
     for b in batches:
         assert b["history_BxH"].shape[1] == max(len(s) for s in seqs)
+
+
+def test_a_process_builds_exactly_its_rows_of_the_global_batch():
+    """Multi-host data parallelism: each process's rows equal the same rows of the one-process batch."""
+    from jaxrec.data.pipeline import ProcessRows
+
+    plan = TrainBatches(_seqs(), 40, max_len=16, batch_size=8, buckets=(8, 16), seed=0)
+    for step in range(3):
+        whole = plan(step)
+        halves = [ProcessRows(plan, slice(0, 4))(step), ProcessRows(plan, slice(4, 8))(step)]
+        for key in whole:
+            np.testing.assert_array_equal(np.concatenate([h[key] for h in halves]), whole[key])
+    assert ProcessRows(plan, None)(0)["inputs_BxL"].shape[0] == 8
