@@ -95,8 +95,7 @@ def run(
     )
     negatives = draw_eval_negatives(split, cfg)
     evaluator = LeaveOneOutEvaluator(split, negatives, model, cfg, buckets, users, mesh)
-    if jax.process_index() == 0:
-        run_dir.write_json(workdir / "config.json", config_lib.to_dict(cfg))
+    run_dir.write_json(workdir / "config.json", config_lib.to_dict(cfg))  # process 0 writes run files
     log.info(
         "data %s: %d users, %d items, %d interactions; %d steps/epoch, buckets %s, %.0f%% padding",
         dataset.name,
