@@ -8,6 +8,7 @@ import pytest
 from benchmarks import train_throughput
 
 
+@pytest.mark.slow  # subprocess compiles; .ci/run runs the slow set
 def test_train_throughput_smoke(tmp_path):
     out = tmp_path / "lines.jsonl"
     records = train_throughput.main(["--smoke", "--out", str(out)])
@@ -26,6 +27,7 @@ def test_train_throughput_smoke(tmp_path):
     assert [r["figure"] for r in written] == [r["figure"] for r in records]
 
 
+@pytest.mark.slow  # trains a row through train.py; .ci/run runs the slow set
 def test_reproduce_harness_smoke(tmp_path):
     from benchmarks import reproduce
 

@@ -122,6 +122,7 @@ def test_cli_rejects_bad_ctr_settings_with_one_error_line(tmp_path, capsys):
     assert not (tmp_path / "run" / "config.json").exists()
 
 
+@pytest.mark.slow  # train.py subprocess; DIN itself is tested in test_rankers
 def test_benchmark_smoke_trains_din_through_train_py(tmp_path):
     from benchmarks import ctr_table
 

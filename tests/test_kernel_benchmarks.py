@@ -1,3 +1,4 @@
+import pytest
 """The kernel benchmarks' smoke modes, run as the scripts are run (a subprocess each), so they cannot rot."""
 
 import json
@@ -41,6 +42,7 @@ def test_attention_bench_smoke(tmp_path):
     assert "| causal_blocked |" in (tmp_path / "attention_bench.md").read_text()
 
 
+@pytest.mark.slow  # compiles five model steps; .ci/run runs the slow set
 def test_step_bench_smoke(tmp_path):
     records = _run("step_bench.py", tmp_path)
     steps = {r["case"]: r for r in records if r["figure"] == "train_step"}

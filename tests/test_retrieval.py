@@ -100,7 +100,11 @@ def test_interrupted_retrieval_run_resumes_to_the_same_result(tmp_path):
             assert resumed[key] == straight[key], key
 
 
-@pytest.mark.parametrize("negatives", ["in_batch", "uniform", "popularity"])
+@pytest.mark.parametrize(
+    "negatives",
+    # One sampler in the default run; the others (the same code path with another sampler) in the slow set.
+    ["in_batch", pytest.param("uniform", marks=pytest.mark.slow), pytest.param("popularity", marks=pytest.mark.slow)],
+)
 def test_every_sampler_and_objective_trains(tmp_path, negatives):
     objective = {"in_batch": "next", "uniform": "dense_next", "popularity": "all_action"}[negatives]
     cfg = replace(
