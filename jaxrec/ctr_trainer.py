@@ -85,8 +85,7 @@ def run(cfg: config_lib.Config, workdir, resume: bool = False, interrupt_after_e
 
     compile_start = time.perf_counter()
     step_fn = make_train_step(model, tx, cfg, data.categories_VxC, item_counts, genre_counts)
-    compiled = mesh_lib.jit_step(step_fn, state, mesh).lower(state, mesh_lib.abstract_batch(plan(0), mesh))
-    compiled = compiled.compile(compiler_options=compiler_options())
+    train_step = mesh_lib.compile_step(step_fn, state, plan(0), mesh, compiler_options())
     predict = jax.jit(make_predict(model, data.categories_VxC))
     compile_seconds = time.perf_counter() - compile_start
     log.info("compiled the train step in %.1f s", compile_seconds)
@@ -97,7 +96,7 @@ def run(cfg: config_lib.Config, workdir, resume: bool = False, interrupt_after_e
         checkpoints,
         state,
         record,
-        lambda state, batch: compiled(state, mesh_lib.put_batch(batch, mesh)),
+        train_step,
         train_iterator(plan, int(state.step), cfg.train.num_epochs * plan.steps_per_epoch),
         plan.steps_per_epoch,
         lambda state, which: evaluate(predict, state, valid_batches if which == "valid" else test_batches, which),

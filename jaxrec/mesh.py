@@ -144,6 +144,14 @@ def jit_step(step_fn, state, mesh: Mesh):
     )
 
 
+def compile_step(step_fn, state, example_batch, mesh: Mesh, compiler_options=None):
+    """`jit_step` compiled ahead of time for batches shaped like `example_batch` (a host batch); returns
+    step(state, host_batch), which places this process's rows as one global batch first."""
+    compiled = jit_step(step_fn, state, mesh).lower(state, abstract_batch(example_batch, mesh))
+    compiled = compiled.compile(compiler_options=compiler_options)
+    return lambda state, batch: compiled(state, put_batch(batch, mesh))
+
+
 def check_batch_sizes(cfg, mesh: Mesh, single_process: str = "") -> None:
     """Batch sizes must split evenly over the data axis and the processes; `single_process` names a
     trainer that feeds its batches from one process only."""
