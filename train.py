@@ -58,6 +58,19 @@ def main(argv=None) -> int:
     parser.add_argument("--num-processes", type=int, default=1, help="multi-process: number of processes")
     parser.add_argument("--process-id", type=int, default=0, help="multi-process: this process's index")
     args = parser.parse_args(argv)
+
+    from jaxrec import config as config_lib
+    from jaxrec import mesh as mesh_lib
+    from jaxrec.data import DataError
+    from jaxrec.run_dir import RunDirError
+
+    try:
+        cfg = config_lib.apply_overrides(load_config(args.config), args.set)
+    except (config_lib.ConfigError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    # Both must come before anything starts a JAX backend.
+    mesh_lib.configure_cpu_devices(cfg)
     if args.distributed or args.coordinator or args.num_processes > 1:
         initialize_distributed(args.coordinator, args.num_processes, args.process_id)
     import jax
@@ -68,13 +81,9 @@ def main(argv=None) -> int:
     for noisy in ("absl", "orbax"):  # orbax logs every save at INFO
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
-    from jaxrec import config as config_lib
     from jaxrec import trainer
-    from jaxrec.data import DataError
-    from jaxrec.run_dir import RunDirError
 
     try:
-        cfg = config_lib.apply_overrides(load_config(args.config), args.set)
         metrics = trainer.run(cfg, args.workdir, resume=args.resume)
     except (config_lib.ConfigError, DataError, RunDirError, trainer.TrainingDiverged, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -34,6 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.naive_sasrec import NaiveSASRec, make_naive_step  # noqa: E402
+from jaxrec import mesh as mesh_lib  # noqa: E402
 from jaxrec.config import Config, DataConfig, ModelConfig, TrainConfig, apply_overrides  # noqa: E402
 from jaxrec.data import leave_one_out, load_dataset  # noqa: E402
 from jaxrec.data.pipeline import TrainBatches, parse_buckets, train_iterator  # noqa: E402
@@ -71,13 +72,20 @@ def median_time(fn, repeats):
 
 
 def time_epochs(cfg, split, epochs, options=None):
-    """Median seconds of an epoch through the grain pipeline; also per-bucket step medians."""
+    """Median seconds of an epoch through the grain pipeline; also per-bucket step medians.
+
+    The step runs as train.py runs it: on the config's mesh (on CPU, data parallel over the host's
+    devices, see mesh.configure_cpu_devices), batches placed by mesh.put_batch.
+    """
     buckets = parse_buckets(cfg.train.length_buckets, cfg.model.max_len)
     plan = TrainBatches(split.train, split.num_items, cfg.model.max_len, cfg.train.batch_size, buckets, 0)
     model = build_model(cfg.model, split.num_items)
     tx = make_optimizer(cfg)
-    state = init_state(model, tx, cfg)
-    steps, compile_seconds = compile_train_steps(make_train_step(model, tx, cfg), state, plan, options)
+    mesh = mesh_lib.make_mesh(cfg.mesh.data, cfg.mesh.model)
+    state = init_state(model, tx, cfg, mesh)
+    train_step = make_train_step(model, tx, cfg, mesh, plan.mean_positions_per_batch)
+    compiled, compile_seconds = compile_train_steps(train_step, state, plan, options, mesh)
+    steps = {length: (lambda s, b, c=c: c(s, mesh_lib.put_batch(b, mesh))) for length, c in compiled.items()}
     batches = train_iterator(plan, 0, (epochs + 1) * plan.steps_per_epoch)
     epoch_times, per_bucket = [], {length: [] for length in buckets}
     for epoch in range(epochs + 1):  # epoch 0 warms up the pipeline and caches
@@ -104,6 +112,7 @@ def time_epochs(cfg, split, epochs, options=None):
         per_bucket={k: float(np.median(v)) for k, v in per_bucket.items() if v},
         state=state,
         model=model,
+        mesh=mesh,
     )
 
 
@@ -198,6 +207,7 @@ def main(argv=None):
         cfg, args.epochs, args.repeats, args.no_ablations = smoke_config(), 1, 2, True
     else:
         cfg = load_config(args.config, args.set)
+    mesh_lib.configure_cpu_devices(cfg)  # as train.py does, before any JAX op
     records, out = [], args.out
     split = leave_one_out(load_dataset(cfg.data))
     common = dict(
@@ -206,6 +216,7 @@ def main(argv=None):
         batch_size=cfg.train.batch_size,
         max_len=cfg.model.max_len,
         hidden=cfg.model.hidden,
+        devices=len(jax.devices()),
     )
 
     result = time_epochs(cfg, split, args.epochs)
@@ -235,7 +246,7 @@ def main(argv=None):
         emit(records, out, f"train/step_ms[{length}]", 1000 * seconds, "ms", **common)
 
     negatives = draw_eval_negatives(split, cfg)
-    evaluator = LeaveOneOutEvaluator(split, negatives, result["model"], cfg, plan.buckets)
+    evaluator = LeaveOneOutEvaluator(split, negatives, result["model"], cfg, plan.buckets, mesh=result["mesh"])
     params = result["state"].params
     start = time.perf_counter()
     evaluator.evaluate(params, "valid")
@@ -290,6 +301,8 @@ def main(argv=None):
             "no_buckets": dict(train=dict(length_buckets="none")),
             "no_micro_batch": dict(train=dict(micro_batch=0)),
         }
+        if len(jax.devices()) > 1:  # the CPU split over cores (mesh.configure_cpu_devices) undone
+            variants["one_device"] = dict(mesh=dict(data=1))
         for name, changes in variants.items():
             variant = dataclasses.replace(
                 cfg, **{s: dataclasses.replace(getattr(cfg, s), **f) for s, f in changes.items()}

@@ -84,6 +84,10 @@ class TrainConfig:
     weight_decay: float = 0.0  # L2 on parameters via optax.add_decayed_weights (0 = off)
     seed: int = 42  # parameter init, dropout, data order and negatives
     micro_batch: int = 0  # sequences per gradient-accumulation micro-batch (0 = whole batch); same update
+    # batch: the loss is the mean over the batch's positions. epoch: the batch's summed loss over the
+    # positions a batch of random users holds on average, so that with length buckets (batches of
+    # short or of long histories) every position weighs the same, as in unbucketed random batches.
+    loss_normalizer: str = "batch"
     length_buckets: str = "auto"  # static sequence lengths batches are padded to: auto | none | comma list
     log_every: int = 50  # steps between progress updates
     max_train_seconds: float = 0.0  # wall-clock cap on training (0 = none); stops at an epoch end
@@ -154,6 +158,9 @@ class MeshConfig:
     data: int = 0  # devices on the data axis (batch rows); 0 = all devices not on the model axis
     model: int = 1  # devices on the model axis (item-table rows: vocabulary parallelism)
     fsdp: bool = False  # also split item-table rows over the data axis (FSDP-style)
+    # CPU backend: JAX devices to split the host into (data parallel over its cores; see
+    # mesh.configure_cpu_devices for why); 0 = one per core (at most 8, a divisor of the batch sizes)
+    cpu_devices: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -316,12 +323,14 @@ def validate(cfg: Config) -> None:
             "train.batch_size must be divisible by train.micro_batch",
         ),
         (cfg.train.learning_rate > 0, "train.learning_rate must be > 0"),
+        (cfg.train.loss_normalizer in ("batch", "epoch"), "train.loss_normalizer must be batch or epoch"),
         (cfg.eval.every_epochs >= 1, "eval.every_epochs must be >= 1"),
         (cfg.eval.batch_size >= 1, "eval.batch_size must be >= 1"),
         (cfg.eval.num_negatives >= 1, "eval.num_negatives must be >= 1"),
         (cfg.data.min_user_interactions >= 0, "data.min_user_interactions must be >= 0"),
         (cfg.data.min_item_interactions >= 0, "data.min_item_interactions must be >= 0"),
         (cfg.mesh.data >= 0 and cfg.mesh.model >= 1, "mesh.data must be >= 0 and mesh.model >= 1"),
+        (cfg.mesh.cpu_devices >= 0, "mesh.cpu_devices must be >= 0"),
     ]
     retrieval = cfg.retrieval
     checks += [

@@ -52,6 +52,38 @@ def logical_rules(fsdp: bool = False) -> dict[str, tuple[str, ...] | None]:
     }
 
 
+def cpu_device_count(cfg) -> int:
+    """How many CPU devices `configure_cpu_devices` makes for `cfg`: `mesh.cpu_devices`, or with 0 the
+    host's cores (at most 8) reduced until it divides the batch sizes the data axis must split."""
+    if cfg.mesh.cpu_devices:
+        return cfg.mesh.cpu_devices
+    count = min(len(os.sched_getaffinity(0)), 8)
+    sizes = [cfg.train.batch_size, cfg.eval.batch_size] + ([cfg.train.micro_batch] if cfg.train.micro_batch else [])
+    while count > 1 and any(size % count for size in sizes):
+        count -= 1
+    return count
+
+
+def configure_cpu_devices(cfg) -> int | None:
+    """Splits the CPU backend into `cpu_device_count(cfg)` devices; call before JAX starts a backend.
+
+    Why: XLA:CPU runs a batched matmul of attention's shape (B x 200 x 200 x 50) on one core, and most
+    of a SASRec step is such matmuls, so one device leaves the other cores idle; one device per core,
+    with the batch split over them by the mesh's data axis, uses them all (the same update: the
+    mesh tests check that a data-parallel step equals the one-device step). Returns the count set, or
+    None when it was left alone: XLA_FLAGS already forces a count, or a backend has already started
+    (as in the tests, which make their own devices). GPU and TPU backends ignore the setting.
+    """
+    if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+        return None
+    count = cpu_device_count(cfg)
+    try:
+        jax.config.update("jax_num_cpu_devices", count)
+    except RuntimeError:  # backends already initialised: keep the devices they have
+        return None
+    return count
+
+
 def make_mesh(data: int = 0, model: int = 1, devices=None) -> Mesh:
     """A (data, model) mesh over the first data x model of `devices` (default: all devices).
 

@@ -74,10 +74,25 @@ def init_state(model, tx, cfg: Config, mesh=None) -> TrainState:
     return jax.jit(init, out_shardings=shardings)(init_key, base_key)
 
 
-def make_train_step(model, tx, cfg: Config, mesh=None):
+def split_micro_batches(x_BxF, num_micro: int):
+    """B x ... -> num_micro x (B / num_micro) x ...: micro-batch j takes rows j, j + num_micro, ...
+
+    Strided, not contiguous: a batch split over the mesh's `data` axis holds contiguous blocks of
+    rows, so a contiguous micro-batch would sit on one device and the scan over micro-batches would
+    run one device at a time. Strided, each micro-batch spreads evenly over every block (when
+    B / num_micro is a multiple of the data axis), and its rows are the same whatever the mesh.
+    """
+    batch = x_BxF.shape[0]
+    return jnp.swapaxes(x_BxF.reshape(batch // num_micro, num_micro, *x_BxF.shape[1:]), 0, 1)
+
+
+def make_train_step(model, tx, cfg: Config, mesh=None, mean_positions_per_batch: float | None = None):
     """Returns train_step(state, batch) -> (state, metrics); jit it with the state donated.
 
     `mesh`: the mesh the step will be sharded over, for the losses that run vocabulary-parallel on it.
+    `mean_positions_per_batch` (TrainBatches.mean_positions_per_batch): the gradient's divisor when
+    train.loss_normalizer is "epoch" (else the batch's own count of positions). The reported loss
+    is the mean over the batch's positions either way.
 
     With `train.micro_batch` = m < batch size, the batch is processed as B/m micro-batches in a
     `lax.scan` that accumulates gradients of the summed loss, then one optimizer update with the
@@ -87,6 +102,8 @@ def make_train_step(model, tx, cfg: Config, mesh=None):
     """
     num_items = model.num_items
     micro = cfg.train.micro_batch or cfg.train.batch_size
+    if cfg.train.loss_normalizer == "epoch" and not mean_positions_per_batch:
+        raise ValueError("train.loss_normalizer=epoch needs the mean positions per batch of the data")
 
     def summed_loss(params, batch, dropout_key):
         user_inputs = {"user_BxF": batch["user_BxF"]} if "user_BxF" in batch else {}  # per-user inputs (MF)
@@ -108,7 +125,7 @@ def make_train_step(model, tx, cfg: Config, mesh=None):
             (loss_sum, count), grads = grad_fn(state.params, batch, step_key)
         else:
             num_micro = batch_size // micro
-            micro_batches = jax.tree.map(lambda x: x.reshape(num_micro, micro, *x.shape[1:]), batch)
+            micro_batches = jax.tree.map(lambda x: split_micro_batches(x, num_micro), batch)
 
             def accumulate(carry, xs):
                 grads_acc, loss_acc, count_acc = carry
@@ -119,7 +136,8 @@ def make_train_step(model, tx, cfg: Config, mesh=None):
             zeros = (jax.tree.map(jnp.zeros_like, state.params), jnp.zeros(()), jnp.zeros(()))
             (grads, loss_sum, count), _ = jax.lax.scan(accumulate, zeros, (micro_batches, jnp.arange(num_micro)))
         denominator = jnp.maximum(count, 1.0)
-        grads = jax.tree.map(lambda g: g / denominator, grads)
+        divisor = mean_positions_per_batch if cfg.train.loss_normalizer == "epoch" else denominator
+        grads = jax.tree.map(lambda g: g / divisor, grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)

@@ -111,7 +111,9 @@ def run(
     state = init_state(model, tx, cfg, mesh)
     checkpoints = RunCheckpoints(workdir)
     state, record = restore_latest(checkpoints, state, workdir, resume)
-    steps, compile_seconds = compile_train_steps(make_train_step(model, tx, cfg, mesh), state, plan, mesh=mesh)
+    steps, compile_seconds = compile_train_steps(
+        make_train_step(model, tx, cfg, mesh, plan.mean_positions_per_batch), state, plan, mesh=mesh
+    )
     log.info(
         "compiled %d train step shapes in %.1f s on a %s mesh",
         len(steps),

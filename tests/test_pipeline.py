@@ -11,7 +11,7 @@ def _seqs(num_users=50, num_items=40, seed=0):
 
 def test_parse_buckets():
     assert parse_buckets("none", 200) == (200,)
-    assert parse_buckets("auto", 200) == (56, 104, 152, 200)
+    assert parse_buckets("auto", 200) == (40, 72, 104, 136, 168, 200)
     assert parse_buckets("32, 64", 50) == (32, 50)
     with pytest.raises(ValueError, match="length_buckets"):
         parse_buckets("short", 50)

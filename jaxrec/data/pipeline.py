@@ -21,11 +21,15 @@ import numpy as np
 
 
 def parse_buckets(spec: str, max_len: int) -> tuple[int, ...]:
-    """Static batch lengths: 'auto' (quarters of max_len, multiples of 8), 'none', or '32,64,200'."""
+    """Static batch lengths: 'auto' (sixths of max_len, multiples of 8), 'none', or '32,64,200'.
+
+    Six: on ML-1M at max_len 200 an epoch took 8.0 s with six against 8.4 s with four and with ten
+    (each extra bucket also adds a part-filled batch per epoch and a compile).
+    """
     if spec == "none":
         return (max_len,)
     if spec == "auto":
-        lengths = {min(max_len, -(-max_len * q // 4 // 8) * 8) for q in (1, 2, 3)} | {max_len}
+        lengths = {min(max_len, -(-(max_len * q // 6) // 8) * 8) for q in range(1, 6)} | {max_len}
     else:
         try:
             lengths = {int(x) for x in spec.split(",") if x.strip()}
@@ -94,6 +98,8 @@ class TrainBatches:
         self.user_bucket = bucket_of(pair_lengths, buckets)
         counts = np.bincount(self.user_bucket, minlength=len(buckets))
         self.steps_per_epoch = int(sum(-(-c // batch_size) for c in counts))
+        # What a batch of random users holds on average: the normaliser of train.loss_normalizer=epoch.
+        self.mean_positions_per_batch = float(batch_size * pair_lengths.clip(max=max_len).mean())
         self.padding_fraction = 1.0 - pair_lengths.clip(max=max_len).sum() / float(
             sum(counts[b] * buckets[b] for b in range(len(buckets)))
         )
