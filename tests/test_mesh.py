@@ -192,3 +192,45 @@ def test_retrieval_and_ctr_trainers_train_the_same_on_a_mesh(tmp_path, kind):
     for key, value in one.items():
         if key.startswith("test/"):
             assert sharded[key] == pytest.approx(value, abs=2e-3), key
+
+
+def test_micro_batched_data_parallel_step_matches_one_device(mesh_config):
+    """Micro-batches are strided over the batch, so each spans every data shard and holds the same rows
+    (hence the same dropout draws) on any mesh: the 2-device trajectory equals the 1-device one."""
+    cfg = replace(mesh_config, train=dict(micro_batch=4))
+    reference, _ = _trajectory(cfg, None, steps=8)
+    sharded, _ = _trajectory(cfg, mesh_lib.make_mesh(2, 1), steps=8)
+    np.testing.assert_allclose(sharded, reference, rtol=0, atol=1e-5)
+
+
+def test_cpu_device_count_divides_the_batch_sizes(tiny_config, monkeypatch):
+    monkeypatch.setattr(mesh_lib.os, "sched_getaffinity", lambda pid: set(range(6)))
+    cfg = replace(tiny_config, train=dict(batch_size=128, micro_batch=16), eval=dict(batch_size=256))
+    assert mesh_lib.cpu_device_count(cfg) == 4  # 6 cores, but 6 does not divide 128
+    assert mesh_lib.cpu_device_count(replace(cfg, train=dict(batch_size=15, micro_batch=0))) == 1
+    assert mesh_lib.cpu_device_count(replace(cfg, mesh=dict(cpu_devices=3))) == 3  # as asked
+    monkeypatch.setattr(mesh_lib.os, "sched_getaffinity", lambda pid: set(range(64)))
+    assert mesh_lib.cpu_device_count(cfg) == 8  # capped
+
+
+def test_configure_cpu_devices_before_jax_starts(tmp_path):
+    """In a fresh process it sets the device count; here (a backend already running) it leaves it."""
+    import os
+    import subprocess
+    import sys
+
+    from jaxrec.config import Config
+
+    assert mesh_lib.configure_cpu_devices(replace(Config(), mesh=dict(cpu_devices=3))) is None
+    code = (
+        "import jax; from jaxrec import mesh; from jaxrec.config import Config, MeshConfig;"
+        "n = mesh.configure_cpu_devices(Config(mesh=MeshConfig(cpu_devices=3)));"
+        "print(n, len(jax.devices()))"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["3", "3"]
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"  # an explicit count wins
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["None", "2"]
+

@@ -92,3 +92,9 @@ def test_a_process_builds_exactly_its_rows_of_the_global_batch():
         for key in whole:
             np.testing.assert_array_equal(np.concatenate([h[key] for h in halves]), whole[key])
     assert ProcessRows(plan, None)(0)["inputs_BxL"].shape[0] == 8
+
+
+def test_mean_positions_per_batch_counts_target_positions_up_to_max_len():
+    seqs = [np.arange(1, n + 1) for n in (3, 5, 30)]  # 2, 4 and 29 -> 16 target positions
+    plan = TrainBatches(seqs, 40, max_len=16, batch_size=8, buckets=(8, 16), seed=0)
+    assert plan.mean_positions_per_batch == pytest.approx(8 * (2 + 4 + 16) / 3)

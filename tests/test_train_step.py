@@ -1,3 +1,4 @@
+import pytest
 import jax
 import numpy as np
 import optax
@@ -71,3 +72,34 @@ def test_every_loss_trains_and_chunked_ce_steps_like_full_ce(tiny_config):
     np.testing.assert_allclose(results["ce_chunked"][0], results["ce"][0], rtol=1e-5)
     for a, b in zip(jax.tree.leaves(results["ce"][1]), jax.tree.leaves(results["ce_chunked"][1])):
         np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_micro_batches_are_strided_rows():
+    from jaxrec.train_step import split_micro_batches
+
+    x = np.arange(12 * 2).reshape(12, 2)
+    micro = np.asarray(split_micro_batches(x, 3))
+    assert micro.shape == (3, 4, 2)
+    np.testing.assert_array_equal(micro[1][:, 0] // 2, [1, 4, 7, 10])  # rows j, j + 3, ...
+    np.testing.assert_array_equal(np.sort(micro.reshape(12, 2), axis=0), x)  # every row once
+
+
+def test_epoch_normaliser_scales_the_gradient_by_positions(tiny_config):
+    """loss_normalizer=epoch: gradient = batch-mean gradient x (batch positions / mean positions)."""
+    cfg = replace(tiny_config, model=dict(dropout=0.0))
+    model = build_model(cfg.model, 120)
+    tx = optax.sgd(1.0)
+    batch = _batch(cfg.train.batch_size, cfg.model.max_len, 120)
+    positions = float((batch["positives_BxL"] > 0).sum())
+    updates = {}
+    for normalizer, mean in (("batch", None), ("epoch", 2.5 * positions)):
+        c = replace(cfg, train=dict(loss_normalizer=normalizer))
+        state = init_state(model, tx, c)
+        before = state.params["item_embedding"].copy()
+        new_state, metrics = jax.jit(make_train_step(model, tx, c, mean_positions_per_batch=mean))(state, batch)
+        updates[normalizer] = np.asarray(new_state.params["item_embedding"] - before)
+        updates[normalizer + "_loss"] = float(metrics["loss"])
+    np.testing.assert_allclose(updates["epoch"] * 2.5, updates["batch"], atol=1e-6)
+    assert updates["epoch_loss"] == updates["batch_loss"]  # the reported loss is the batch mean either way
+    with pytest.raises(ValueError, match="mean positions per batch"):
+        make_train_step(model, tx, replace(cfg, train=dict(loss_normalizer="epoch")))
