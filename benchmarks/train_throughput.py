@@ -176,6 +176,11 @@ def run_torch_peer(args, cfg, records, out) -> float:
     return epoch
 
 
+def quarter_buckets(max_len: int) -> str:
+    """The earlier `auto` rule (quarters of max_len, multiples of 8), for the ablation of six buckets."""
+    return ",".join(str(min(max_len, -(-(max_len * q // 4) // 8) * 8)) for q in (1, 2, 3, 4))
+
+
 def load_config(path, overrides):
     spec = importlib.util.spec_from_file_location("bench_config", path)
     module = importlib.util.module_from_spec(spec)
@@ -300,6 +305,7 @@ def main(argv=None):
         variants = {
             "no_buckets": dict(train=dict(length_buckets="none")),
             "no_micro_batch": dict(train=dict(micro_batch=0)),
+            "four_buckets": dict(train=dict(length_buckets=quarter_buckets(cfg.model.max_len))),
         }
         if len(jax.devices()) > 1:  # the CPU split over cores (mesh.configure_cpu_devices) undone
             variants["one_device"] = dict(mesh=dict(data=1))
