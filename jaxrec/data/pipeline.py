@@ -24,7 +24,8 @@ def parse_buckets(spec: str, max_len: int) -> tuple[int, ...]:
     """Static batch lengths: 'auto' (sixths of max_len, multiples of 8), 'none', or '32,64,200'.
 
     Six rather than four: less padding (9.6% of ML-1M's positions at max_len 200 against 14.4%) for
-    two more compiles; `benchmarks/train_throughput.py` times both. Many more buckets stop paying:
+    two more compiles. Its time gain is within this CPU's drift (`benchmarks/train_throughput.py`'s
+    four_buckets row came out 0.7 s faster in its committed run). Many more buckets stop paying:
     each adds a part-filled batch per epoch.
     """
     if spec == "none":
