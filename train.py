@@ -66,6 +66,7 @@ def main(argv=None) -> int:
 
     try:
         cfg = config_lib.apply_overrides(load_config(args.config), args.set)
+        config_lib.validate(cfg)  # before its mesh settings reach JAX (the trainers validate again)
     except (config_lib.ConfigError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -95,6 +95,7 @@ TOO_FEW = "user_id,item_id,timestamp\n1,2,3\n2,3,4\n"
         (lambda d: ["train.batch_size=big"], "train.batch_size: expected int"),
         (lambda d: ["data.name=netflix"], "netflix"),
         (lambda d: ["model.dropout=2"], "model.dropout"),
+        (lambda d: ["mesh.cpu_devices=-2"], "mesh.cpu_devices must be >= 0"),  # caught before JAX sees it
     ],
     ids=[
         "missing-file",
@@ -105,6 +106,7 @@ TOO_FEW = "user_id,item_id,timestamp\n1,2,3\n2,3,4\n"
         "bad-type",
         "unknown-dataset",
         "bad-value",
+        "bad-cpu-devices",
     ],
 )
 def test_bad_input_gets_one_clear_line_and_writes_nothing(tmp_path, capsys, setup, message):

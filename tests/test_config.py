@@ -50,6 +50,8 @@ def test_bad_overrides_name_the_problem(assignment, message):
         ("train.batch_size=0", "train.batch_size"),
         ("eval.select_metric=test/ndcg@10_full", "never select on test"),
         ("eval.select_metric=valid/ndcg@3_full", "is not computed"),
+        ("train.loss_normalizer=tokens", "train.loss_normalizer must be batch or epoch"),
+        ("mesh.cpu_devices=-1", "mesh.cpu_devices must be >= 0"),
     ],
 )
 def test_validate_rejects_bad_values(assignment, message):
