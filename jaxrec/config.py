@@ -85,8 +85,9 @@ class TrainConfig:
     seed: int = 42  # parameter init, dropout, data order and negatives
     micro_batch: int = 0  # sequences per gradient-accumulation micro-batch (0 = whole batch); same update
     # batch: the loss is the mean over the batch's positions. epoch: the batch's summed loss over the
-    # positions a batch of random users holds on average, so that with length buckets (batches of
-    # short or of long histories) every position weighs the same, as in unbucketed random batches.
+    # target positions a batch of random users holds on average, so that with length buckets (batches
+    # of short or of long histories) every position weighs the same, as in unbucketed random batches
+    # (losses on a subset of positions, as BERT4Rec's cloze, are off by a constant factor Adam ignores).
     loss_normalizer: str = "batch"
     length_buckets: str = "auto"  # static sequence lengths batches are padded to: auto | none | comma list
     log_every: int = 50  # steps between progress updates
