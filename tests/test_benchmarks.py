@@ -58,6 +58,7 @@ def test_loss_bench_smoke_checks_chunked_against_naive(tmp_path):
     assert len(out.read_text().splitlines()) == len(records)
 
 
+@pytest.mark.slow  # moved out of the default run (its ~10-minute budget); .ci/run runs it
 def test_retrieval_scale_step_never_builds_users_by_catalogue(tmp_path):
     from benchmarks import retrieval_scale
 

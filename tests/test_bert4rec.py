@@ -3,6 +3,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from jaxrec import trainer
 from jaxrec.config import ModelConfig
@@ -70,6 +71,7 @@ def test_inference_appends_mask_and_last_only_matches_full_pass():
     assert table.shape[1] == CFG.hidden + 1 and np.all(np.asarray(full[..., -1]) == 1.0)
 
 
+@pytest.mark.slow  # moved out of the default run (its ~10-minute budget); .ci/run runs it
 def test_bert4rec_trains_end_to_end_on_synthetic_data(tiny_config, tmp_path):
     cfg = replace(
         tiny_config, model=dict(name="bert4rec", loss="ce_chunked", ce_chunk=64, num_heads=2), train=dict(num_epochs=2)

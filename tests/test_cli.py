@@ -129,6 +129,7 @@ def test_missing_config_file_and_nonzero_exit_code(tmp_path):
     assert "config file configs/nope.py not found" in proc.stderr
 
 
+@pytest.mark.slow  # moved out of the default run (its ~10-minute budget); .ci/run runs it
 def test_killed_process_resumes_to_the_uninterrupted_result(tmp_path):
     """SIGKILL a real training process after its first checkpoint, resume it, compare."""
     import os

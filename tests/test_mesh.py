@@ -194,6 +194,7 @@ def test_retrieval_and_ctr_trainers_train_the_same_on_a_mesh(tmp_path, kind):
             assert sharded[key] == pytest.approx(value, abs=2e-3), key
 
 
+@pytest.mark.slow  # moved out of the default run (its ~10-minute budget); .ci/run runs it
 def test_micro_batched_data_parallel_step_matches_one_device(mesh_config):
     """Micro-batches are strided over the batch, so each spans every data shard and holds the same rows
     (hence the same dropout draws) on any mesh: the 2-device trajectory equals the 1-device one."""

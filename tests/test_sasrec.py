@@ -118,6 +118,7 @@ def test_last_only_inference_equals_the_last_row_of_the_full_pass(attention):
     np.testing.assert_allclose(last[:, 0], full[:, -1], atol=1e-5)
 
 
+@pytest.mark.slow  # moved out of the default run (its ~10-minute budget); .ci/run runs it
 def test_padded_kernel_trains_like_the_reference_when_attention_dropout_is_off():
     """model.attention_dropout=0 lets a fused kernel train (embedding and FFN dropout stay on)."""
     cfg = dataclasses.replace(CFG, attention_dropout=0.0)
