@@ -32,6 +32,12 @@ ROWS = {
     # With WDL's wide part (ctr.wide): the same features as WDL plus the sequence model.
     "din_wide": dict(config="din_ml1m.py", settings=["ctr.wide=true"]),
     "bst_1block_wide": dict(config="bst_ml1m.py", settings=["model.num_blocks=1", "ctr.wide=true"]),
+    # With each history event's rating (ctr.history_actions): the sequence says what the user thought of
+    # an item, not only that they rated it. WDL has no history, so its row is unchanged.
+    "wdl_seq_feedback": dict(config="wdl_ml1m.py", settings=["model.name=wdl_seq", "ctr.history_actions=true"]),
+    "din_feedback": dict(config="din_ml1m.py", settings=["ctr.history_actions=true"]),
+    "bst_1block_feedback": dict(config="bst_ml1m.py", settings=["model.num_blocks=1", "ctr.history_actions=true"]),
+    "bst_2blocks_feedback": dict(config="bst_ml1m.py", settings=["model.num_blocks=2", "ctr.history_actions=true"]),
 }
 FIGURES = {"test_auc": "test/auc", "test_gauc": "test/gauc", "test_logloss": "test/logloss"}
 FIGURES |= {"valid_auc": "valid/auc", "train_seconds": "train/seconds", "best_epoch": "best_epoch"}

@@ -150,6 +150,9 @@ class CTRConfig:
     time_buckets: int = 32  # bst: rows of the log2(1 + seconds before the recommendation) bucket table (32: all)
     wide: bool = False  # din, bst: add WDL's wide part (item, genre, user-field biases and crosses) to the logit
     l2_reg: float = 0.0  # mini-batch aware L2 (DIN): item and genre rows in the batch, each weighted 1 / n_j
+    # wdl_seq, din, bst: each history event also carries an embedding of its action (ML-1M: the rating),
+    # so the sequence says what the user thought of an item, not only that they rated it
+    history_actions: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

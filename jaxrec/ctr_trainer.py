@@ -62,7 +62,7 @@ def run(cfg: config_lib.Config, workdir, resume: bool = False, interrupt_after_e
         item_counts, genre_counts = data.row_counts(max_len)
     else:
         item_counts, genre_counts = np.zeros(data.num_items + 1), np.zeros(data.num_categories)
-    model = build_ranker(cfg, data.num_items, data.num_categories, data.user_vocab)
+    model = build_ranker(cfg, data.num_items, data.num_categories, data.user_vocab, data.action_vocab)
     run_dir.write_json(workdir / "config.json", config_lib.to_dict(cfg))
     log.info(
         "ctr %s (%s labels): %d items, %d genres, %d user-field ids; examples train %d, valid %d, test %d "

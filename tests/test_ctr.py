@@ -72,6 +72,8 @@ def test_split_is_time_ordered_and_histories_precede_the_example(labels):
         start, end = data.offsets_U1[u], data.offsets_U1[u + 1]
         before = np.flatnonzero(data.times_E[start:end] < data.time_N[n])[-max_len:] + start
         np.testing.assert_array_equal(batch["history_BxL"][b][real[b]], data.items_E[before])
+        # the actions are those of the same events (so never the example's own rating, its label)
+        np.testing.assert_array_equal(batch["history_action_BxL"][b][real[b]], data.actions_E[before])
         assert real[b].sum() >= 1  # ctr.min_history = 1
     if labels == "implicit":
         assert data.label_N.mean() == pytest.approx(1 / 3)
@@ -82,6 +84,8 @@ def test_split_is_time_ordered_and_histories_precede_the_example(labels):
     else:
         assert 0.2 < data.label_N.mean() < 0.8 and set(np.unique(data.label_N)) == {0.0, 1.0}
     assert batch["user_BxF"].shape == (len(rows), 3) and batch["user_BxF"].min() >= 1
+    assert np.all(batch["history_action_BxL"][~real] == 0) and batch["history_action_BxL"][real].min() >= 1
+    assert batch["history_action_BxL"].max() < data.action_vocab
 
 
 @pytest.mark.realdata
@@ -101,7 +105,7 @@ def test_tiny_training_run_beats_chance_and_writes_the_contract(tmp_path):
         model=ModelConfig(name="wdl_seq", max_len=8, hidden=8, num_blocks=1, num_heads=1, dropout=0.0),
         train=TrainConfig(num_epochs=2, batch_size=64, learning_rate=5e-3, adam_b2=0.999),
         eval=EvalConfig(every_epochs=1, batch_size=256, select_metric="valid/auc"),
-        ctr=CTRConfig(labels="implicit", num_negatives=2, mlp=(16,), l2_reg=0.1),
+        ctr=CTRConfig(labels="implicit", num_negatives=2, mlp=(16,), l2_reg=0.1, history_actions=True),
     )
     final = trainer.run(cfg, tmp_path)
     assert final["test/auc"] > 0.65 and final["valid/auc"] > 0.65  # popularity and genres carry signal
@@ -127,13 +131,24 @@ def test_benchmark_smoke_trains_din_through_train_py(tmp_path):
     from benchmarks import ctr_table
 
     results = ctr_table.main(
-        ["--smoke", "--rows", "din", "--seeds", "0", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out")]
+        [
+            "--smoke",
+            "--rows",
+            "din_feedback",
+            "--seeds",
+            "0",
+            "--runs",
+            str(tmp_path / "runs"),
+            "--out",
+            str(tmp_path / "out"),
+        ]
     )
-    assert [r["row"] for r in results] == ["din"]
+    assert [r["row"] for r in results] == ["din_feedback"]
     assert 0.0 <= results[0]["test_auc"]["mean"] <= 1.0 and results[0]["train_seconds"]["mean"] > 0
     table = (tmp_path / "out" / "table.md").read_text()
-    assert "| din |" in table
-    metrics = json.loads((tmp_path / "runs" / "din" / "seed0" / "metrics.json").read_text())
+    assert "| din_feedback |" in table
+    metrics = json.loads((tmp_path / "runs" / "din_feedback" / "seed0" / "metrics.json").read_text())
     assert {"test/auc", "test/gauc", "test/logloss", "train/seconds"} <= set(metrics)
-    config = json.loads((tmp_path / "runs" / "din" / "seed0" / "config.json").read_text())
+    config = json.loads((tmp_path / "runs" / "din_feedback" / "seed0" / "config.json").read_text())
     assert config["model"]["name"] == "din" and config["data"]["name"] == "synthetic"
+    assert config["ctr"]["history_actions"] is True

@@ -15,6 +15,7 @@ from jaxrec.models.rankers import build_ranker, time_buckets
 from jaxrec.train_step import make_optimizer
 
 ITEMS, GENRES, USER_VOCAB, B, L = 30, 5, 12, 4, 6
+ACTIONS = 6  # action_vocab: ids 1..5 (ratings) and padding 0
 
 
 def _config(name: str, **ctr) -> Config:
@@ -42,6 +43,7 @@ def _batch(seed: int = 0) -> dict[str, np.ndarray]:
         "candidate_B": rng.integers(1, ITEMS + 1, B).astype(np.int32),
         "time_B": np.full(B, 2_100_000, np.int32),
         "user_BxF": rng.integers(1, USER_VOCAB, (B, 3)).astype(np.int32),
+        "history_action_BxL": np.where(history > 0, rng.integers(1, ACTIONS, (B, L)), 0).astype(np.int32),
         "label_B": rng.integers(0, 2, B).astype(np.float32),
         "weight_B": np.ones(B, np.float32),
         "user_B": np.arange(B, dtype=np.int32),
@@ -125,6 +127,31 @@ def test_bst_time_difference_embedding_changes_the_output_when_only_timestamps_c
     seconds = batch["time_B"][:, None] - batch["history_time_BxL"]
     if np.array_equal(time_buckets(seconds, 32), time_buckets(seconds + 1, 32)):
         np.testing.assert_allclose(np.asarray(_apply(model, state, same_bucket)[0]), base, rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["wdl_seq", "din", "bst"])
+def test_history_actions_change_the_output_only_when_enabled(name):
+    """ctr.history_actions: the same items with other ratings give another score; without it, the same."""
+    batch = _batch()
+    has_history = (batch["history_BxL"] > 0).any(axis=1)
+    flipped = dict(
+        batch, history_action_BxL=np.where(batch["history_BxL"] > 0, batch["history_action_BxL"] % (ACTIONS - 1) + 1, 0)
+    )
+    cfg = _config(name, history_actions=True)
+    model = build_ranker(cfg, ITEMS, GENRES, USER_VOCAB, ACTIONS)
+    state = init_state(model, make_optimizer(cfg), cfg, batch, _categories())
+    assert state.params["embed"]["action"].shape == (ACTIONS + 1, cfg.model.hidden)  # + the candidate's row
+    base, moved = (np.asarray(_apply(model, state, b)[0]) for b in (batch, flipped))
+    assert np.all(np.abs(moved - base)[has_history] > 1e-6)
+    np.testing.assert_allclose(moved[~has_history], base[~has_history], rtol=1e-6)  # no history, nothing to read
+    _, plain, plain_state = _setup(name)  # the flag off: actions are not an input
+    assert "action" not in plain_state.params["embed"]
+    np.testing.assert_array_equal(_apply(plain, plain_state, batch)[0], _apply(plain, plain_state, flipped)[0])
+
+
+def test_history_actions_need_data_with_actions():
+    with pytest.raises(ValueError, match="history_actions"):
+        build_ranker(_config("din", history_actions=True), ITEMS, GENRES, USER_VOCAB, 0)
 
 
 def test_time_buckets_are_log2_and_clipped():

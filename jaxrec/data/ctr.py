@@ -19,6 +19,8 @@ Batch keys (`CTRData.batch`):
   candidate_B        int32 item id
   time_B             int32 unix seconds of the recommendation
   user_BxF           int32 user-field ids in one joint vocabulary, 0 = unknown   (with user features)
+  history_action_BxL int32 each history event's action id 1..A (ML-1M: its rating), 0 at padding
+                     (when the data has actions; models read it with ctr.history_actions)
   label_B            float32 0 / 1
   weight_B           float32 1 for examples, 0 for the rows that pad a batch
   user_B             int32 dense user id (GAUC's groups; not a model input)
@@ -62,6 +64,8 @@ class CTRData:
         categories_VxC: float32 multi-hot genres per item (row 0 empty; C = 0 without genres).
         user_fields_UxF: int32 joint-vocabulary ids of each user's fields, or None.
         user_vocab: rows of the user-field embedding (0 without user fields).
+        actions_E: every event's action id 1..A (ML-1M: the rating), or None when the data has none.
+        action_vocab: A + 1 (ids and padding 0), 0 without actions.
     """
 
     name: str
@@ -78,6 +82,8 @@ class CTRData:
     categories_VxC: np.ndarray
     user_fields_UxF: np.ndarray | None
     user_vocab: int
+    actions_E: np.ndarray | None = None
+    action_vocab: int = 0
 
     @property
     def num_categories(self) -> int:
@@ -104,6 +110,8 @@ class CTRData:
         }
         if self.user_fields_UxF is not None:
             batch["user_BxF"] = self.user_fields_UxF[user]
+        if self.actions_E is not None:
+            batch["history_action_BxL"] = np.where(valid_BxL, self.actions_E[idx_BxL], 0).astype(np.int32)
         return batch
 
     def row_counts(self, max_len: int, chunk: int = 65536) -> tuple[np.ndarray, np.ndarray]:
@@ -213,6 +221,7 @@ def build_ctr_data(cfg: Config) -> CTRData:
     offsets_U1 = np.concatenate([[0], np.cumsum(lengths)])
     items_E = np.concatenate(events.items).astype(np.int32)
     times_E = np.concatenate(events.timestamps).astype(np.int64)
+    actions_E = None if events.action is None else np.concatenate(events.action).astype(np.int32)
     user_E = np.repeat(np.arange(events.num_users, dtype=np.int64), lengths)
     key_E = (user_E << 32) | times_E  # sorted: users in order, times non-decreasing within a user
     end_E = np.searchsorted(key_E, key_E, side="left")  # first event of the same user at the same second
@@ -227,7 +236,7 @@ def build_ctr_data(cfg: Config) -> CTRData:
         if unknown:
             raise DataError(f"ctr.positive_actions: {unknown} not among {events.name}'s actions {events.action_names}")
         positive_ids = np.array([events.action_names.index(a) + 1 for a in wanted])
-        label_E = np.isin(np.concatenate(events.action), positive_ids).astype(np.float32)
+        label_E = np.isin(actions_E, positive_ids).astype(np.float32)
         example_E, candidate, label = keep, items_E[keep], label_E[keep]
     else:
         k = ctr.num_negatives
@@ -263,5 +272,7 @@ def build_ctr_data(cfg: Config) -> CTRData:
         categories_VxC=categories.astype(np.float32),
         user_fields_UxF=fields,
         user_vocab=vocab,
+        actions_E=actions_E,
+        action_vocab=events.action_vocab,
     )
     return data

@@ -10,7 +10,9 @@ Inputs: the batch keys of `jaxrec.data.ctr` plus the genre multi-hots that `with
 
 Embeddings (parameters under "embed"): "item" (V x D, id 0 = padding), "genre" (C x D; an item's genre
 vector is the mean over its genres, zero when it has none), "user" (one table for all user fields;
-the F vectors are concatenated). An event or a candidate is [item, genre] (E wide).
+the F vectors are concatenated), "action" (with `ctr.history_actions`: A + 2 rows, 0 padding, 1..A the
+actions, A + 1 the candidate's own row, as its action is what is predicted). An event or a candidate is
+[item, genre] (E wide), plus [action] (D more) with `ctr.history_actions`.
 
   WDL      wide: per-item bias, genre weights, user-field biases, user-field x candidate-genre crosses;
            deep: MLP over [user fields, candidate]. No history.
@@ -130,6 +132,7 @@ class Embeddings(nn.Module):
     dim: int
     num_categories: int
     user_vocab: int
+    action_vocab: int = 0  # A + 1 (0 = no action embedding); the table has one more row, the candidate's
 
     def setup(self):
         self.item = self.param("item", embed_init, (vocab_rows(self.num_items), self.dim))
@@ -137,13 +140,22 @@ class Embeddings(nn.Module):
             self.genre = self.param("genre", embed_init, (self.num_categories, self.dim))
         if self.user_vocab:
             self.user = self.param("user", embed_init, (self.user_vocab, self.dim))
+        if self.action_vocab:
+            self.action = self.param("action", embed_init, (self.action_vocab + 1, self.dim))
 
-    def events(self, ids, genres=None):
-        """[item, mean genre] embeddings: ids (...) and multi-hot genres (..., C) -> (..., E)."""
+    def events(self, ids, genres=None, actions=None):
+        """[item, mean genre, action] embeddings: ids (...), multi-hot genres (..., C), action ids (...) -> (..., E).
+
+        With action embeddings, `actions=None` means a candidate: its row is the last one.
+        """
         parts = [self.item[ids]]
         if self.num_categories:
             count = jnp.maximum(jnp.sum(genres, axis=-1, keepdims=True), 1.0)
             parts.append(jnp.dot(genres, self.genre) / count)
+        if self.action_vocab:
+            if actions is None:
+                actions = jnp.full(ids.shape, self.action_vocab, jnp.int32)
+            parts.append(self.action[actions])
         return jnp.concatenate(parts, axis=-1)
 
     def users(self, user_BxF):
@@ -157,9 +169,10 @@ class _Ranker(nn.Module):
     ctr: CTRConfig = CTRConfig()
     num_categories: int = 0
     user_vocab: int = 0
+    action_vocab: int = 0  # A + 1 with ctr.history_actions (the data's actions), else 0
 
     def _embeddings(self):
-        return Embeddings(self.num_items, self.config.hidden, self.num_categories, self.user_vocab)
+        return Embeddings(self.num_items, self.config.hidden, self.num_categories, self.user_vocab, self.action_vocab)
 
     def _inputs(self, batch):
         """(history B x L x E, its mask, candidate B x E, user fields B x F D)."""
@@ -168,7 +181,10 @@ class _Ranker(nn.Module):
             raise ValueError(f"history length {history_BxL.shape[1]} != model.max_len={self.config.max_len}")
         if self.num_categories and "history_genres_BxLxC" not in batch:
             raise KeyError("the batch has no history_genres_BxLxC: pass it through rankers.with_genres first")
-        hist_BxLxE = self.embed.events(history_BxL, batch.get("history_genres_BxLxC"))
+        if self.action_vocab and "history_action_BxL" not in batch:
+            raise KeyError("ctr.history_actions: the batch has no history_action_BxL (the data has no actions)")
+        actions_BxL = batch.get("history_action_BxL") if self.action_vocab else None
+        hist_BxLxE = self.embed.events(history_BxL, batch.get("history_genres_BxLxC"), actions_BxL)
         cand_BxE = self.embed.events(batch["candidate_B"], batch.get("candidate_genres_BxC"))
         if self.user_vocab:
             user_BxU = self.embed.users(batch["user_BxF"])
@@ -314,10 +330,20 @@ class BST(_Ranker):
 RANKERS = {"wdl": WDL, "wdl_seq": WDLSeq, "din": DIN, "bst": BST}
 
 
-def build_ranker(cfg, num_items: int, num_categories: int, user_vocab: int) -> _Ranker:
-    """The ranker `cfg.model.name` for a catalogue of `num_items`, C genres and a user-field vocabulary."""
+def build_ranker(cfg, num_items: int, num_categories: int, user_vocab: int, action_vocab: int = 0) -> _Ranker:
+    """The ranker `cfg.model.name` for a catalogue of `num_items`, C genres, a user-field vocabulary and
+    the data's action vocabulary (used only with `ctr.history_actions`)."""
     try:
         cls = RANKERS[cfg.model.name]
     except KeyError:
         raise ValueError(f"unknown ranker {cfg.model.name!r}; known: {', '.join(RANKERS)}") from None
-    return cls(config=cfg.model, num_items=num_items, ctr=cfg.ctr, num_categories=num_categories, user_vocab=user_vocab)
+    if cfg.ctr.history_actions and not action_vocab:
+        raise ValueError("ctr.history_actions: the data has no actions (ratings) to embed")
+    return cls(
+        config=cfg.model,
+        num_items=num_items,
+        ctr=cfg.ctr,
+        num_categories=num_categories,
+        user_vocab=user_vocab,
+        action_vocab=action_vocab if cfg.ctr.history_actions and cfg.model.name != "wdl" else 0,  # wdl: no history
+    )
