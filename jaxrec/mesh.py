@@ -24,6 +24,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from jaxrec.config import CTR_MODELS
+
 log = logging.getLogger("jaxrec")
 
 AXES = ("data", "model")
@@ -52,11 +54,21 @@ def logical_rules(fsdp: bool = False) -> dict[str, tuple[str, ...] | None]:
     }
 
 
+# The CTR rankers keep one CPU device by default (mesh.cpu_devices = 0): a 2-device DIN step on ML-1M,
+# on a 2-core host loaded by another run, stopped in an all-gather (XLA:CPU's 40 s rendezvous
+# termination kills the process). The split exists for attention's batched matmuls, which XLA:CPU runs
+# on one core; the rankers are mostly MLP and embedding GEMMs, which XLA:CPU already spreads over cores.
+ONE_CPU_DEVICE_MODELS = CTR_MODELS
+
+
 def cpu_device_count(cfg) -> int:
     """How many CPU devices `configure_cpu_devices` makes for `cfg`: `mesh.cpu_devices`, or with 0 the
-    host's cores (at most 8) reduced until it divides the batch sizes the data axis must split."""
+    host's cores (at most 8) reduced until it divides the batch sizes the data axis must split (one
+    for ONE_CPU_DEVICE_MODELS)."""
     if cfg.mesh.cpu_devices:
         return cfg.mesh.cpu_devices
+    if cfg.model.name in ONE_CPU_DEVICE_MODELS:
+        return 1
     count = min(len(os.sched_getaffinity(0)), 8)
     sizes = [cfg.train.batch_size, cfg.eval.batch_size] + ([cfg.train.micro_batch] if cfg.train.micro_batch else [])
     while count > 1 and any(size % count for size in sizes):
@@ -190,7 +202,9 @@ def check_batch_sizes(cfg, mesh: Mesh, single_process: str = "") -> None:
     from jaxrec.config import ConfigError
 
     if single_process and jax.process_count() > 1:
-        raise ConfigError(f"{single_process} runs in one process (on any number of its devices), not {jax.process_count()}")
+        raise ConfigError(
+            f"{single_process} runs in one process (on any number of its devices), not {jax.process_count()}"
+        )
     data = mesh.shape["data"]
     for key, size in (("train.batch_size", cfg.train.batch_size), ("eval.batch_size", cfg.eval.batch_size)):
         if size % data or size % jax.process_count():
@@ -269,7 +283,9 @@ def largest_leaves(tree, top: int = 3) -> list[tuple[str, tuple[int, ...], int]]
     return sorted(sized, key=lambda item: -item[2])[:top]
 
 
-_HLO_ARRAY = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+) = (pred|s8|u8|s16|u16|s32|u32|s64|u64|bf16|f16|f32|f64)\[([\d,]*)\]")
+_HLO_ARRAY = re.compile(
+    r"^\s*(?:ROOT\s+)?%?([\w.\-]+) = (pred|s8|u8|s16|u16|s32|u32|s64|u64|bf16|f16|f32|f64)\[([\d,]*)\]"
+)
 _HLO_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "bf16": 2, "f16": 2, "s32": 4, "u32": 4, "f32": 4}
 
 

@@ -210,6 +210,8 @@ def test_cpu_device_count_divides_the_batch_sizes(tiny_config, monkeypatch):
     assert mesh_lib.cpu_device_count(cfg) == 4  # 6 cores, but 6 does not divide 128
     assert mesh_lib.cpu_device_count(replace(cfg, train=dict(batch_size=15, micro_batch=0))) == 1
     assert mesh_lib.cpu_device_count(replace(cfg, mesh=dict(cpu_devices=3))) == 3  # as asked
+    assert mesh_lib.cpu_device_count(replace(cfg, model=dict(name="din"))) == 1  # the CTR rankers: one
+    assert mesh_lib.cpu_device_count(replace(cfg, model=dict(name="din"), mesh=dict(cpu_devices=2))) == 2
     monkeypatch.setattr(mesh_lib.os, "sched_getaffinity", lambda pid: set(range(64)))
     assert mesh_lib.cpu_device_count(cfg) == 8  # capped
 
