@@ -25,19 +25,23 @@ REPO = Path(__file__).resolve().parents[1]
 
 ROWS = {
     "wdl": dict(config="wdl_ml1m.py", settings=[]),
-    "wdl_seq": dict(config="wdl_ml1m.py", settings=["model.name=wdl_seq"]),
-    "din": dict(config="din_ml1m.py", settings=[]),
-    "bst_1block": dict(config="bst_ml1m.py", settings=["model.num_blocks=1"]),
-    "bst_2blocks": dict(config="bst_ml1m.py", settings=["model.num_blocks=2"]),
+    # Events as the papers have them (item, genres, time): ids only, no rating (ctr.history_actions=false).
+    "wdl_seq": dict(config="wdl_ml1m.py", settings=["model.name=wdl_seq", "ctr.history_actions=false"]),
+    "din": dict(config="din_ml1m.py", settings=["ctr.history_actions=false"]),
+    "bst_1block": dict(config="bst_ml1m.py", settings=["model.num_blocks=1", "ctr.history_actions=false"]),
+    "bst_2blocks": dict(config="bst_ml1m.py", settings=["model.num_blocks=2", "ctr.history_actions=false"]),
     # With WDL's wide part (ctr.wide): the same features as WDL plus the sequence model.
-    "din_wide": dict(config="din_ml1m.py", settings=["ctr.wide=true"]),
-    "bst_1block_wide": dict(config="bst_ml1m.py", settings=["model.num_blocks=1", "ctr.wide=true"]),
-    # With each history event's rating (ctr.history_actions): the sequence says what the user thought of
-    # an item, not only that they rated it. WDL has no history, so its row is unchanged.
+    "din_wide": dict(config="din_ml1m.py", settings=["ctr.wide=true", "ctr.history_actions=false"]),
+    "bst_1block_wide": dict(
+        config="bst_ml1m.py", settings=["model.num_blocks=1", "ctr.wide=true", "ctr.history_actions=false"]
+    ),
+    # The configs' default: each history event also carries its rating (ctr.history_actions), so the
+    # sequence says what the user thought of an item, not only that they rated it. WDL has no history.
     "wdl_seq_feedback": dict(config="wdl_ml1m.py", settings=["model.name=wdl_seq", "ctr.history_actions=true"]),
     "din_feedback": dict(config="din_ml1m.py", settings=["ctr.history_actions=true"]),
     "bst_1block_feedback": dict(config="bst_ml1m.py", settings=["model.num_blocks=1", "ctr.history_actions=true"]),
     "bst_2blocks_feedback": dict(config="bst_ml1m.py", settings=["model.num_blocks=2", "ctr.history_actions=true"]),
+    "din_wide_feedback": dict(config="din_ml1m.py", settings=["ctr.wide=true", "ctr.history_actions=true"]),
 }
 FIGURES = {"test_auc": "test/auc", "test_gauc": "test/gauc", "test_logloss": "test/logloss"}
 FIGURES |= {"valid_auc": "valid/auc", "train_seconds": "train/seconds", "best_epoch": "best_epoch"}

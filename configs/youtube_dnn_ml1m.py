@@ -5,10 +5,10 @@ As the paper: the user vector is a tower of ReLU layers (depth 3; the paper's to
 embedding of the last 50 items before each position; extreme multiclass classification with
 sampled negatives and logQ correction (`loss=sampled`): 1,024 uniform negatives per step (their Q is
 constant, so the correction cancels), lr 3e-3 (an epoch is only 49 steps: at lr 1e-3 and 256
-negatives the model was still at popularity's level after 15 epochs). `sampled_negatives=in_batch` (candidates in proportion to their
-popularity in the batch, logQ-corrected) did not learn on ML-1M: 10 epochs left the loss at chance
-(5.64 against log 257 = 5.55) and valid NDCG@10 at 0.0004, where uniform passes popularity within 2
-epochs; not yet understood. A fixed number of examples per user
+negatives the model was still at popularity's level after 15 epochs). `sampled_negatives=in_batch`
+(candidates in proportion to their popularity in the batch, logQ-corrected) did not learn on ML-1M:
+10 epochs left the loss at chance (5.64 against log 257 = 5.55) and valid NDCG@10 at 0.0004, where
+uniform passes popularity within 2 epochs; not yet understood. A fixed number of examples per user
 (the last 50 positions of each sequence) so that heavy users do not dominate.
 Optional: `--set model.user_features=true` adds gender, age and occupation from ML-1M users.dat
 (through SASRec's user id map). No "example age": this split has no timestamps. Not tuned.
