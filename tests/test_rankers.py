@@ -150,8 +150,10 @@ def test_history_actions_change_the_output_only_when_enabled(name):
 
 
 def test_history_actions_need_data_with_actions():
-    with pytest.raises(ValueError, match="history_actions"):
+    with pytest.raises(ValueError, match="history_actions=false"):
         build_ranker(_config("din", history_actions=True), ITEMS, GENRES, USER_VOCAB, 0)
+    wdl = build_ranker(_config("wdl", history_actions=True), ITEMS, GENRES, USER_VOCAB, 0)  # no history: no need
+    assert wdl.action_vocab == 0
 
 
 def test_time_buckets_are_log2_and_clipped():

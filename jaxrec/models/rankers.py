@@ -337,13 +337,16 @@ def build_ranker(cfg, num_items: int, num_categories: int, user_vocab: int, acti
         cls = RANKERS[cfg.model.name]
     except KeyError:
         raise ValueError(f"unknown ranker {cfg.model.name!r}; known: {', '.join(RANKERS)}") from None
-    if cfg.ctr.history_actions and not action_vocab:
-        raise ValueError("ctr.history_actions: the data has no actions (ratings) to embed")
+    uses_actions = cfg.ctr.history_actions and cfg.model.name != "wdl"  # wdl has no history
+    if uses_actions and not action_vocab:
+        raise ValueError(
+            "ctr.history_actions: the data has no actions (ratings) to embed; set ctr.history_actions=false"
+        )
     return cls(
         config=cfg.model,
         num_items=num_items,
         ctr=cfg.ctr,
         num_categories=num_categories,
         user_vocab=user_vocab,
-        action_vocab=action_vocab if cfg.ctr.history_actions and cfg.model.name != "wdl" else 0,  # wdl: no history
+        action_vocab=action_vocab if uses_actions else 0,
     )
