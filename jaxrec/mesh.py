@@ -24,7 +24,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jaxrec.config import CTR_MODELS
+from jaxrec.config import CTR_MODELS, ConfigError
 
 log = logging.getLogger("jaxrec")
 
@@ -199,8 +199,6 @@ def compile_step(step_fn, state, example_batch, mesh: Mesh, compiler_options=Non
 def check_batch_sizes(cfg, mesh: Mesh, single_process: str = "") -> None:
     """Batch sizes must split evenly over the data axis and the processes; `single_process` names a
     trainer that feeds its batches from one process only."""
-    from jaxrec.config import ConfigError
-
     if single_process and jax.process_count() > 1:
         raise ConfigError(
             f"{single_process} runs in one process (on any number of its devices), not {jax.process_count()}"
