@@ -337,7 +337,8 @@ def build_ranker(cfg, num_items: int, num_categories: int, user_vocab: int, acti
         cls = RANKERS[cfg.model.name]
     except KeyError:
         raise ValueError(f"unknown ranker {cfg.model.name!r}; known: {', '.join(RANKERS)}") from None
-    uses_actions = cfg.ctr.history_actions and cfg.model.name != "wdl"  # wdl has no history
+    # Every ranker reads the history but plain WDL (pool_history False): it has no events to annotate.
+    uses_actions = cfg.ctr.history_actions and getattr(cls, "pool_history", True)
     if uses_actions and not action_vocab:
         raise ValueError(
             "ctr.history_actions: the data has no actions (ratings) to embed; set ctr.history_actions=false"
