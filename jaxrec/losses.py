@@ -6,6 +6,7 @@ Legend: B batch, L length, D hidden, V item-table rows.
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -209,11 +210,62 @@ def sampled_ce(h_BxLxD, table_VxD, positives_BxL, candidate_ids_M, log_q_V):
     return loss, aux["count"]
 
 
-def training_loss(cfg_model, num_items: int, h_BxLxD, table_VxD, batch, key, mesh=None):
+def target_capacity(positions: int, fraction: float, sigmas: float = 4.0) -> int:
+    """Room for the targets among `positions` when each is a target with probability `fraction`.
+
+    The binomial mean plus `sigmas` standard deviations, rounded up to a multiple of 8: a group of
+    positions holds more targets than this about once in 30,000 groups at 4 sigmas.
+    """
+    mean = positions * fraction
+    room = mean + sigmas * math.sqrt(positions * fraction * (1.0 - fraction))
+    return min(positions, 8 * math.ceil(room / 8))
+
+
+def compact_targets(h_NxD, targets_N, capacity: int):
+    """The rows with a target (id > 0), in order, as `capacity` rows; unused rows get target 0.
+
+    Rows beyond `capacity` are dropped: callers check `(targets_N > 0).sum() <= capacity` first.
+    """
+    (rows_C,) = jnp.nonzero(targets_N > 0, size=capacity, fill_value=0)
+    used_C = jnp.arange(capacity) < (targets_N > 0).sum()
+    return h_NxD[rows_C], jnp.where(used_C, targets_N[rows_C], 0)
+
+
+def sparse_target_ce(ce_fn, h_NxD, targets_N, target_fraction: float, groups: int = 1):
+    """ce_fn(h, targets) on only the rows that have a target, when few rows do (BERT4Rec's cloze).
+
+    Each of `groups` contiguous blocks of rows (the mesh's data shards, so that no rows cross devices)
+    is compacted to `target_capacity` rows; the logits then cost O(capacity x V), not O(N x V). When
+    some block holds more targets than its capacity (rare by construction), `lax.cond` runs ce_fn on
+    every row instead, so the loss and its gradient equal ce_fn(h_NxD, targets_N) always.
+    """
+    n, dim = h_NxD.shape
+    if n % groups:
+        return ce_fn(h_NxD, targets_N)
+    capacity = target_capacity(n // groups, target_fraction)
+    if capacity >= n // groups:
+        return ce_fn(h_NxD, targets_N)
+    h_GxNxD = h_NxD.reshape(groups, n // groups, dim)
+    targets_GxN = targets_N.reshape(groups, n // groups)
+
+    def compacted(h_GxNxD, targets_GxN):
+        h_GxCxD, targets_GxC = jax.vmap(compact_targets, in_axes=(0, 0, None))(h_GxNxD, targets_GxN, capacity)
+        return ce_fn(h_GxCxD.reshape(-1, dim), targets_GxC.reshape(-1))
+
+    def every_row(h_GxNxD, targets_GxN):
+        return ce_fn(h_GxNxD.reshape(-1, dim), targets_GxN.reshape(-1))
+
+    fits = (targets_GxN > 0).sum(axis=1).max() <= capacity
+    return jax.lax.cond(fits, compacted, every_row, h_GxNxD, targets_GxN)
+
+
+def training_loss(cfg_model, num_items: int, h_BxLxD, table_VxD, batch, key, mesh=None, target_fraction=None):
     """The loss `model.loss` names, on a batch: (mean over target positions, number of them).
 
     With a `mesh` whose "model" axis splits the item table, ce and ce_chunked run vocabulary-parallel
     (`jaxrec.vocab_parallel`: each shard's logits stay local, logsumexps combine across shards).
+    `target_fraction`: the expected share of positions with a target (BERT4Rec's mask_prob); when
+    given, ce and ce_chunked score only those positions (`sparse_target_ce`, same value and gradient).
 
     bce         SASRec: positive vs one negative per position from the pipeline (outside the history)
     bpr         -log sigmoid(pos - neg) with the same negatives (Rendle et al.'s BPR)
@@ -240,10 +292,24 @@ def training_loss(cfg_model, num_items: int, h_BxLxD, table_VxD, batch, key, mes
             from jaxrec.vocab_parallel import sharded_softmax_ce  # imports this module
 
             chunk = cfg_model.ce_chunk if cfg_model.loss == "ce_chunked" else 0
-            return sharded_softmax_ce(h_NxD, table_VxD, targets_N, num_items, mesh, chunk=chunk)
-        if cfg_model.loss == "ce":
-            return softmax_ce_full(h_NxD, table_VxD, targets_N, num_items)
-        return softmax_ce_chunked(h_NxD, table_VxD, targets_N, num_items, chunk=cfg_model.ce_chunk)
+
+            def ce_fn(h_NxD, targets_N):
+                return sharded_softmax_ce(h_NxD, table_VxD, targets_N, num_items, mesh, chunk=chunk)
+
+        elif cfg_model.loss == "ce":
+
+            def ce_fn(h_NxD, targets_N):
+                return softmax_ce_full(h_NxD, table_VxD, targets_N, num_items)
+
+        else:
+
+            def ce_fn(h_NxD, targets_N):
+                return softmax_ce_chunked(h_NxD, table_VxD, targets_N, num_items, chunk=cfg_model.ce_chunk)
+
+        if target_fraction is None:
+            return ce_fn(h_NxD, targets_N)
+        groups = 1 if mesh is None else mesh.shape["data"]
+        return sparse_target_ce(ce_fn, h_NxD, targets_N, target_fraction, groups)
     if cfg_model.loss == "gbce":
         negatives_K = jax.random.randint(key, (cfg_model.num_negatives,), 1, num_items + 1)
         return gbce(h_BxLxD, table_VxD, positives_BxL, negatives_K, num_items, cfg_model.gbce_t)

@@ -102,6 +102,9 @@ def make_train_step(model, tx, cfg: Config, mesh=None, mean_positions_per_batch:
     """
     num_items = model.num_items
     micro = cfg.train.micro_batch or cfg.train.batch_size
+    # Models whose targets are a sparse share of positions (BERT4Rec's cloze) say so; the CE skips the rest.
+    target_fraction_of = getattr(type(model), "target_fraction", None)
+    target_fraction = target_fraction_of(cfg.model) if target_fraction_of else None
     if cfg.train.loss_normalizer == "epoch" and not mean_positions_per_batch:
         raise ValueError("train.loss_normalizer=epoch needs the mean positions per batch of the data")
 
@@ -112,7 +115,9 @@ def make_train_step(model, tx, cfg: Config, mesh=None, mean_positions_per_batch:
             {"params": params}, batch["inputs_BxL"], deterministic=False, rngs={"dropout": dropout_key}, **user_inputs
         )
         loss_key = jax.random.fold_in(dropout_key, 1 << 30)  # gbce's negatives; independent of dropout
-        mean, count = training_loss(cfg.model, num_items, h_BxLxD, table_VxD, batch, loss_key, mesh)
+        mean, count = training_loss(
+            cfg.model, num_items, h_BxLxD, table_VxD, batch, loss_key, mesh, target_fraction=target_fraction
+        )
         return mean * count, count
 
     grad_fn = jax.value_and_grad(summed_loss, has_aux=True)

@@ -3,7 +3,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxrec.losses import bce_sampled, gbce, softmax_ce_chunked, softmax_ce_full
+from jaxrec.losses import (
+    bce_sampled,
+    compact_targets,
+    gbce,
+    softmax_ce_chunked,
+    softmax_ce_full,
+    sparse_target_ce,
+    target_capacity,
+)
 
 NUM_ITEMS = 45  # rows 46..63 of a 64-row table are vocabulary padding
 
@@ -67,3 +75,52 @@ def test_gbce_with_beta_one_is_bce():
     np.testing.assert_allclose(ours[0], reference[0], rtol=1e-6)
     calibrated = gbce(h3, table, positives, negatives, NUM_ITEMS, calibration=0.75)
     assert calibrated[0] < ours[0]  # beta < 1 shrinks the positive term
+
+
+def test_target_capacity_covers_the_binomial_tail():
+    assert target_capacity(3200, 0.2) == 736  # 640 + 4 * 22.6, rounded up to a multiple of 8
+    assert target_capacity(10, 0.9) == 10  # never more rows than there are
+    rng = np.random.default_rng(0)
+    draws = rng.binomial(3200, 0.2, size=100_000)
+    assert (draws > target_capacity(3200, 0.2)).mean() < 1e-3
+
+
+def test_compact_targets_keeps_target_rows_in_order():
+    h = jnp.arange(10.0)[:, None] * jnp.ones((1, 3))
+    targets = jnp.array([0, 7, 0, 0, 3, 0, 9, 0, 0, 0])
+    h_c, t_c = compact_targets(h, targets, 5)
+    np.testing.assert_array_equal(t_c, [7, 3, 9, 0, 0])
+    np.testing.assert_array_equal(h_c[:3, 0], [1.0, 4.0, 6.0])
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+@pytest.mark.parametrize("dense", [False, True])
+def test_sparse_target_ce_equals_ce_on_every_row(groups, dense):
+    """Few targets: the compacted rows; more than the capacity (dense): lax.cond's every-row branch."""
+    h, table, targets = _inputs(n=200)
+    if not dense:  # about a fifth of the rows keep their target, as BERT4Rec's mask_prob 0.2
+        keep = jax.random.bernoulli(jax.random.key(5), 0.2, targets.shape)
+        targets = jnp.where(keep, targets, 0)
+
+    def reference(h, t):
+        return softmax_ce_full(h, t, targets, NUM_ITEMS)
+
+    rows_scored = []  # at run time, by the branch lax.cond takes
+
+    def ce_fn(h_, t_):
+        jax.debug.callback(lambda: rows_scored.append(h_.shape[0]))
+        return softmax_ce_chunked(h_, table, t_, NUM_ITEMS, chunk=16)
+
+    def sparse(h, t):
+        return sparse_target_ce(
+            lambda h_, t_: softmax_ce_chunked(h_, t, t_, NUM_ITEMS, chunk=16), h, targets, 0.2, groups
+        )
+
+    jax.block_until_ready(jax.jit(lambda h: sparse_target_ce(ce_fn, h, targets, 0.2, groups))(h))
+    assert rows_scored == [200 if dense else groups * target_capacity(200 // groups, 0.2)]
+    value, count = jax.jit(sparse)(h, table)
+    np.testing.assert_allclose(value, reference(h, table)[0], rtol=1e-5)
+    assert count == (targets > 0).sum()
+    grads = jax.jit(jax.grad(lambda h, t: sparse(h, t)[0], argnums=(0, 1)))(h, table)
+    for a, b in zip(jax.grad(lambda h, t: reference(h, t)[0], argnums=(0, 1))(h, table), grads):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)

@@ -145,6 +145,20 @@ def test_sharded_trajectory_matches_one_device_on_every_mesh(mesh_config, loss, 
     )
 
 
+@pytest.mark.parametrize("shape", [None, (2, 1), (2, 2)])
+def test_bert4rec_scores_only_masked_positions_with_the_same_trajectory(mesh_config, monkeypatch, shape):
+    """BERT4Rec's CE on its compacted masked positions (per data shard; vocabulary-parallel on model = 2)
+    follows the trajectory of the CE over every position, which scores unmasked ones at weight 0."""
+    cfg = replace(mesh_config, model=dict(name="bert4rec", loss="ce_chunked", ce_chunk=64, num_heads=2))
+    mesh = None if shape is None else mesh_lib.make_mesh(*shape)
+    compacted, _ = _trajectory(cfg, mesh, steps=8)
+    from jaxrec.models.bert4rec import BERT4Rec
+
+    monkeypatch.delattr(BERT4Rec, "target_fraction")
+    every_position, _ = _trajectory(cfg, mesh, steps=8)
+    np.testing.assert_allclose(compacted, every_position, rtol=1e-5)
+
+
 def test_memory_report_counts_shards(mesh_config):
     mesh = mesh_lib.make_mesh(4, 2)
     model, _ = _setup(mesh_config)

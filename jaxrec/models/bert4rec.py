@@ -108,6 +108,11 @@ class BERT4Rec(nn.Module):
         }
 
     @staticmethod
+    def target_fraction(config: ModelConfig) -> float:
+        """The expected share of positions with a training target (the loss scores only those)."""
+        return config.mask_prob
+
+    @staticmethod
     def inference_inputs(inputs_BxL, num_items: int):
         """The history's last L-1 items followed by [MASK], whose output scores the next item."""
         mask_Bx1 = jnp.full(inputs_BxL.shape[:1] + (1,), num_items + 1, inputs_BxL.dtype)
