@@ -58,7 +58,7 @@ SMOKE_OVERRIDES = [
 ]
 
 
-def step_flops(model_cfg, num_items: int, batch: int, length: int) -> dict:
+def step_flops(model_cfg, num_items: int, batch: int, length: int, micro_batch: int = 0) -> dict:
     """Analytic model FLOPs of one train step (forward + backward = 3 x forward), by part.
 
     Counted at the shapes the step computes (every position of the B x L batch, padding included, and
@@ -73,7 +73,8 @@ def step_flops(model_cfg, num_items: int, batch: int, length: int) -> dict:
       mf         none (lookups only)
       youtube_dnn  the tower's dense layers over the L' = min(L, k + window - 1) columns it keeps
     Loss over the N positions: bce / bpr 2 (2 N D) (positive and negative dot products); ce and
-    ce_chunked the N x V logits 2 N V D (the chunked one's recomputation in backward not counted);
+    ce_chunked the N x V logits 2 N V D (the chunked one's recomputation in backward not counted; BERT4Rec
+scores only its masked positions, N' = each micro-batch's `target_capacity` rows, in place of N);
     sampled N x M logits 2 N M D; gbce 2 N K D.
     """
     from jaxrec.models.sasrec import vocab_rows
@@ -107,7 +108,13 @@ def step_flops(model_cfg, num_items: int, batch: int, length: int) -> dict:
     if loss in ("bce", "bpr"):
         parts["loss"] = 2 * 2 * n * score_dim
     elif loss in ("ce", "ce_chunked"):
-        parts["loss"] = 2 * n * rows * score_dim
+        scored = n
+        if name == "bert4rec":  # only the masked positions: each micro-batch's compacted capacity
+            from jaxrec.losses import target_capacity
+
+            micro = micro_batch or batch
+            scored = (batch // micro) * target_capacity(micro * length, model_cfg.mask_prob)
+        parts["loss"] = 2 * scored * rows * score_dim
     elif loss in ("sampled", "gbce"):
         parts["loss"] = 2 * n * (model_cfg.num_negatives + 1) * score_dim
     parts["embeddings"] = 0
@@ -175,7 +182,7 @@ def run_case(case: str, args, info: dict, peak: dict) -> dict:
     times = common.time_calls(one_step, repeats=args.steps, budget_s=args.budget_s)
     loss = float(one_step()["loss"])
     seconds, summary = float(np.median(times)), common.summary_ms(times)
-    flops = step_flops(cfg.model, args.num_items, cfg.train.batch_size, length)
+    flops = step_flops(cfg.model, args.num_items, cfg.train.batch_size, length, cfg.train.micro_batch)
     tflops = flops["flops_per_step"] / seconds / 1e12
     record = {
         **info,
