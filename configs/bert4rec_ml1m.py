@@ -25,8 +25,6 @@ def get_config() -> Config:
         ),
         # epoch normaliser: with length buckets, every masked position weighs the same, as in K&V's
         # unbucketed batches (see TrainConfig.loss_normalizer).
-        train=TrainConfig(
-            num_epochs=200, batch_size=128, micro_batch=16, learning_rate=1e-3, loss_normalizer="epoch"
-        ),
+        train=TrainConfig(num_epochs=200, batch_size=128, micro_batch=16, learning_rate=1e-3, loss_normalizer="epoch"),
         eval=EvalConfig(every_epochs=10, num_negatives=100),
     )

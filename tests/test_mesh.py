@@ -250,4 +250,3 @@ def test_configure_cpu_devices_before_jax_starts(tmp_path):
     env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"  # an explicit count wins
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["None", "2"]
-
