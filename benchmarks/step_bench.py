@@ -73,8 +73,8 @@ def step_flops(model_cfg, num_items: int, batch: int, length: int, micro_batch: 
       mf         none (lookups only)
       youtube_dnn  the tower's dense layers over the L' = min(L, k + window - 1) columns it keeps
     Loss over the N positions: bce / bpr 2 (2 N D) (positive and negative dot products); ce and
-    ce_chunked the N x V logits 2 N V D (the chunked one's recomputation in backward not counted; BERT4Rec
-scores only its masked positions, N' = each micro-batch's `target_capacity` rows, in place of N);
+    ce_chunked the N x V logits 2 N V D (the chunked one's recomputation in backward not counted; a model
+    with a `target_fraction`, BERT4Rec, scores only N' = each micro-batch's `target_capacity` rows);
     sampled N x M logits 2 N M D; gbce 2 N K D.
     """
     from jaxrec.models.sasrec import vocab_rows
@@ -108,12 +108,15 @@ scores only its masked positions, N' = each micro-batch's `target_capacity` rows
     if loss in ("bce", "bpr"):
         parts["loss"] = 2 * 2 * n * score_dim
     elif loss in ("ce", "ce_chunked"):
-        scored = n
-        if name == "bert4rec":  # only the masked positions: each micro-batch's compacted capacity
-            from jaxrec.losses import target_capacity
+        # As train_step decides it: a model that declares a target_fraction has its CE compacted.
+        from jaxrec.losses import target_capacity
+        from jaxrec.models import MODELS
 
+        target_fraction_of = getattr(MODELS[name], "target_fraction", None)
+        scored = n
+        if target_fraction_of:
             micro = micro_batch or batch
-            scored = (batch // micro) * target_capacity(micro * length, model_cfg.mask_prob)
+            scored = (batch // micro) * target_capacity(micro * length, target_fraction_of(model_cfg))
         parts["loss"] = 2 * scored * rows * score_dim
     elif loss in ("sampled", "gbce"):
         parts["loss"] = 2 * n * (model_cfg.num_negatives + 1) * score_dim
