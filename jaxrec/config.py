@@ -48,6 +48,9 @@ class ModelConfig:
     attention_dropout: float = -1.0  # sasrec, bert4rec: dropout on attention weights; -1 = model.dropout (fused kernels need 0)
     attention: str = "auto"  # auto|reference|xla|causal_blocked|cudnn|{cudnn_padded,pallas_flash,padded}[_causal]
     shared_output_embedding: bool = True  # False: a separate output item table (SASRec ablation)
+    # sasrec: "xavier" = SASRec's TF code (Xavier-uniform tables, items scaled by sqrt(hidden));
+    # "normal" = gSASRec-pytorch (torch's nn.Embedding: N(0, 1) tables, no scaling)
+    embedding_init: str = "xavier"
     mask_prob: float = 0.2  # bert4rec: probability that the cloze task masks an item
     loss: str = "bce"  # training loss: bce | bpr | ce | ce_chunked | gbce | sampled (see jaxrec/losses.py)
     num_negatives: int = 256  # gbce, sampled: negatives per step, shared by every position of the batch
@@ -302,6 +305,11 @@ def validate(cfg: Config) -> None:
         (0.0 <= cfg.model.dropout < 1.0, "model.dropout must be in [0, 1)"),
         (cfg.model.attention_dropout == -1.0 or 0.0 <= cfg.model.attention_dropout < 1.0, "model.attention_dropout must be -1 or in [0, 1)"),
         (cfg.model.loss in LOSSES, f"model.loss must be one of {', '.join(LOSSES)}"),
+        (cfg.model.embedding_init in ("xavier", "normal"), "model.embedding_init must be xavier or normal"),
+        (
+            cfg.model.embedding_init == "xavier" or cfg.model.name == "sasrec",
+            "model.embedding_init=normal is only implemented for sasrec",
+        ),
         (0.0 < cfg.model.mask_prob < 1.0, "model.mask_prob must be in (0, 1)"),
         (
             cfg.model.name != "bert4rec" or cfg.model.loss not in ("bce", "bpr"),

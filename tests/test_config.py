@@ -52,6 +52,7 @@ def test_bad_overrides_name_the_problem(assignment, message):
         ("eval.select_metric=valid/ndcg@3_full", "is not computed"),
         ("train.loss_normalizer=tokens", "train.loss_normalizer must be batch or epoch"),
         ("mesh.cpu_devices=-1", "mesh.cpu_devices must be >= 0"),
+        ("model.embedding_init=glorot", "model.embedding_init must be xavier or normal"),
     ],
 )
 def test_validate_rejects_bad_values(assignment, message):

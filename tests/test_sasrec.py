@@ -97,6 +97,22 @@ def test_unshared_output_table_is_a_separate_parameter():
     np.testing.assert_array_equal(table, params["output_embedding"])
 
 
+def test_normal_embedding_init_is_unit_variance_and_unscaled():
+    """embedding_init=normal (gSASRec-pytorch): N(0, 1) tables, item embeddings not scaled by sqrt(D)."""
+    cfg = dataclasses.replace(CFG, embedding_init="normal", shared_output_embedding=False)
+    model, params = _init(cfg)
+    for name in ("item_embedding", "output_embedding", "position_embedding"):
+        assert 0.8 < float(jnp.std(params[name])) < 1.2, name
+    xavier_model, xavier_params = _init(dataclasses.replace(cfg, embedding_init="xavier"))
+    assert float(jnp.std(xavier_params["item_embedding"])) < 0.3
+    # The xavier model multiplies items by sqrt(D): dividing its table by sqrt(D) must give the same output.
+    rescaled = dict(params, item_embedding=params["item_embedding"] / CFG.hidden**0.5)
+    ids = _histories(CFG.max_len)
+    h_normal, _ = model.apply({"params": params}, ids, deterministic=True)
+    h_xavier, _ = xavier_model.apply({"params": rescaled}, ids, deterministic=True)
+    np.testing.assert_allclose(h_normal, h_xavier, rtol=1e-5, atol=1e-5)
+
+
 def test_dropout_active_only_in_training():
     model, params = _init()
     ids = _histories(CFG.max_len)

@@ -20,6 +20,8 @@ from jaxrec.layers.dropout import Dropout
 from jaxrec.layers.transformer import PointWiseFeedForward, SelfAttention, layer_norm
 
 embed_init = nn.initializers.xavier_uniform()
+# gSASRec-pytorch's tables (torch's nn.Embedding default), used unscaled.
+torch_embed_init = nn.initializers.normal(stddev=1.0)
 
 
 def vocab_rows(num_items: int, multiple: int = 128) -> int:
@@ -34,10 +36,11 @@ class SASRec(nn.Module):
     def setup(self):
         cfg = self.config
         rows = vocab_rows(self.num_items)
-        self.item_embedding = self.param("item_embedding", embed_init, (rows, cfg.hidden))
+        init = torch_embed_init if cfg.embedding_init == "normal" else embed_init
+        self.item_embedding = self.param("item_embedding", init, (rows, cfg.hidden))
         if not cfg.shared_output_embedding:
-            self.output_embedding = self.param("output_embedding", embed_init, (rows, cfg.hidden))
-        self.position_embedding = self.param("position_embedding", embed_init, (cfg.max_len, cfg.hidden))
+            self.output_embedding = self.param("output_embedding", init, (rows, cfg.hidden))
+        self.position_embedding = self.param("position_embedding", init, (cfg.max_len, cfg.hidden))
         self.embed_dropout = Dropout(cfg.dropout)
         self.attention_norms = [layer_norm(f"attention_norm_{i}") for i in range(cfg.num_blocks)]
         self.attentions = [
@@ -62,7 +65,8 @@ class SASRec(nn.Module):
             raise ValueError(f"history length {length} exceeds model.max_len={cfg.max_len}")
         valid_BxL = item_ids_BxL > 0
         keep_BxLx1 = valid_BxL[..., None].astype(jnp.float32)
-        x = self.item_embedding[item_ids_BxL] * (cfg.hidden**0.5)
+        scale = 1.0 if cfg.embedding_init == "normal" else cfg.hidden**0.5
+        x = self.item_embedding[item_ids_BxL] * scale
         x = x + self.position_embedding[cfg.max_len - length :][None]
         x = self.embed_dropout(x, deterministic=deterministic) * keep_BxLx1
         mask_BxLxL = causal_padding_mask(valid_BxL, causal=True)
