@@ -23,7 +23,9 @@ class RunCheckpoints:
             multiprocessing = ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=which)
             return ocp.CheckpointManagerOptions(max_to_keep=1, create=True, multiprocessing_options=multiprocessing)
 
-        self.managers = {which: ocp.CheckpointManager(root / which, options=options(which)) for which in ("latest", "best")}
+        self.managers = {
+            which: ocp.CheckpointManager(root / which, options=options(which)) for which in ("latest", "best")
+        }
 
     def latest_step(self, which: str = "latest") -> int | None:
         return self.managers[which].latest_step()

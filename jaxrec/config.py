@@ -45,7 +45,8 @@ class ModelConfig:
     num_blocks: int = 2  # transformer blocks
     num_heads: int = 1  # attention heads
     dropout: float = 0.2  # dropout rate on embeddings, attention weights and feed-forward
-    attention_dropout: float = -1.0  # sasrec, bert4rec: dropout on attention weights; -1 = model.dropout (fused kernels need 0)
+    # sasrec, bert4rec: dropout on attention weights; -1 = model.dropout (fused kernels need 0)
+    attention_dropout: float = -1.0
     attention: str = "auto"  # auto|reference|xla|causal_blocked|cudnn|{cudnn_padded,pallas_flash,padded}[_causal]
     shared_output_embedding: bool = True  # False: a separate output item table (SASRec ablation)
     # sasrec: "xavier" = SASRec's TF code (Xavier-uniform tables, items scaled by sqrt(hidden));
@@ -303,7 +304,10 @@ def validate(cfg: Config) -> None:
         (cfg.model.num_heads >= 1, "model.num_heads must be >= 1"),
         (cfg.model.hidden % cfg.model.num_heads == 0, "model.hidden must be divisible by model.num_heads"),
         (0.0 <= cfg.model.dropout < 1.0, "model.dropout must be in [0, 1)"),
-        (cfg.model.attention_dropout == -1.0 or 0.0 <= cfg.model.attention_dropout < 1.0, "model.attention_dropout must be -1 or in [0, 1)"),
+        (
+            cfg.model.attention_dropout == -1.0 or 0.0 <= cfg.model.attention_dropout < 1.0,
+            "model.attention_dropout must be -1 or in [0, 1)",
+        ),
         (cfg.model.loss in LOSSES, f"model.loss must be one of {', '.join(LOSSES)}"),
         (cfg.model.embedding_init in ("xavier", "normal"), "model.embedding_init must be xavier or normal"),
         (

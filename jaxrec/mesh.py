@@ -150,7 +150,8 @@ def partition_spec(path: str, shape: tuple[int, ...], mesh: Mesh, fsdp: bool = F
         if dim % shards:
             raise ValueError(
                 f"{path}: dimension {dim} ({name}) does not divide into {shards} shards over {mesh_axes}; "
-                "item tables are padded to a multiple of 128 rows, so use a mesh.model (x data with fsdp) that divides 128"
+                "item tables are padded to a multiple of 128 rows, "
+                "so use a mesh.model (x data with fsdp) that divides 128"
             )
         spec.append(mesh_axes[0] if len(mesh_axes) == 1 else mesh_axes)
     return PartitionSpec(*spec)

@@ -15,7 +15,6 @@ import logging
 import time
 from pathlib import Path
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 

@@ -1,10 +1,11 @@
-import pytest
 """The kernel benchmarks' smoke modes, run as the scripts are run (a subprocess each), so they cannot rot."""
 
 import json
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -76,7 +76,7 @@ def test_every_parameter_has_a_rule_or_is_replicated_on_purpose(mesh_config):
     for name in ("sasrec", "bert4rec", "gru4rec", "mf", "youtube_dnn"):
         cfg = replace(mesh_config, model=dict(name=name, loss="ce" if name == "bert4rec" else "bce"))
         model = build_model(cfg.model, 300, num_users=200)
-        shapes = jax.eval_shape(lambda: init_state(model, make_optimizer(cfg), cfg).params)
+        shapes = jax.eval_shape(lambda model=model, cfg=cfg: init_state(model, make_optimizer(cfg), cfg).params)
         specs = jax.tree.map(lambda s: s.spec, mesh_lib.tree_shardings(shapes, mesh_lib.make_mesh(4, 2)))
         assert specs["item_embedding"] == P("model", None), name
         flat = jax.tree_util.tree_leaves_with_path(specs, is_leaf=lambda x: isinstance(x, P))

@@ -143,7 +143,7 @@ def test_padded_kernel_trains_like_the_reference_when_attention_dropout_is_off()
     for impl in ("reference", "padded_causal"):
         model, params = _init(dataclasses.replace(cfg, attention=impl))
 
-        def loss(p):
+        def loss(p, model=model):
             h, _ = model.apply({"params": p}, ids, deterministic=False, rngs={"dropout": jax.random.key(1)})
             return _probe(h).sum()
 

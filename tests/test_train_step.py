@@ -1,7 +1,7 @@
-import pytest
 import jax
 import numpy as np
 import optax
+import pytest
 
 from jaxrec.models import build_model
 from jaxrec.train_step import init_state, make_optimizer, make_train_step
