@@ -40,11 +40,21 @@ sys.path.insert(0, str(REPO))
 from benchmarks import bench_common as common  # noqa: E402
 
 ML1M_ITEMS, ML1M_USERS = 3416, 6040  # SASRec's ML-1M (sasrec-format/ml-1m.txt)
+GSASREC = [
+    "model.hidden=128",
+    "model.dropout=0.5",
+    "model.loss=gbce",
+    "model.num_negatives=256",
+    "model.shared_output_embedding=false",
+]
 CASES = {  # name: (config file, overrides)
     "sasrec_ml1m": ("sasrec_ml1m.py", []),
     "sasrec_ml1m:ce": ("sasrec_ml1m.py", ["model.loss=ce"]),
     "sasrec_ml1m:ce_chunked": ("sasrec_ml1m.py", ["model.loss=ce_chunked"]),
     "bert4rec_ml1m": ("bert4rec_ml1m.py", []),
+    # gSASRec (the reproduction row's settings): 256 negatives shared by the batch, or drawn per position.
+    "gsasrec_ml1m": ("sasrec_ml1m.py", GSASREC),
+    "gsasrec_ml1m:per_position": ("sasrec_ml1m.py", GSASREC + ["model.gbce_negatives=position"]),
     "gru4rec_ml1m": ("gru4rec_ml1m.py", []),
     "mf_ml1m": ("mf_ml1m.py", []),
     "youtube_dnn_ml1m": ("youtube_dnn_ml1m.py", []),

@@ -56,6 +56,9 @@ class ModelConfig:
     loss: str = "bce"  # training loss: bce | bpr | ce | ce_chunked | gbce | sampled (see jaxrec/losses.py)
     num_negatives: int = 256  # gbce, sampled: negatives per step, shared by every position of the batch
     gbce_t: float = 0.75  # gbce: calibration parameter t (0 = plain BCE with num_negatives)
+    # gbce: "batch" = the num_negatives are shared by every position (one BxLxK matmul, cheap); "position" =
+    # num_negatives drawn for each position, as gSASRec's reference (a BxLxKxD gather: use micro_batch to bound it)
+    gbce_negatives: str = "batch"
     ce_chunk: int = 4096  # ce_chunked: catalogue rows per chunk
     # pinnerformer: per-event inputs besides the item; drop a name to ablate it or when the data lacks it
     event_features: tuple[str, ...] = ("action", "surface", "duration", "time", "gap", "age")
@@ -330,6 +333,7 @@ def validate(cfg: Config) -> None:
         (not cfg.model.user_features or cfg.model.name == "youtube_dnn", "model.user_features is youtube_dnn's"),
         (cfg.model.num_negatives >= 1, "model.num_negatives must be >= 1"),
         (0.0 <= cfg.model.gbce_t <= 1.0, "model.gbce_t must be in [0, 1]"),
+        (cfg.model.gbce_negatives in ("batch", "position"), "model.gbce_negatives must be batch or position"),
         (cfg.model.ce_chunk >= 1, "model.ce_chunk must be >= 1"),
         (cfg.train.num_epochs >= 1, "train.num_epochs must be >= 1"),
         (cfg.train.batch_size >= 1, "train.batch_size must be >= 1"),

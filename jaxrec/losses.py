@@ -271,7 +271,8 @@ def training_loss(cfg_model, num_items: int, h_BxLxD, table_VxD, batch, key, mes
     bpr         -log sigmoid(pos - neg) with the same negatives (Rendle et al.'s BPR)
     ce          full-catalogue softmax cross-entropy over every position ("SASRec+")
     ce_chunked  the same, computed in catalogue chunks (never N x V logits)
-    gbce        gSASRec: `num_negatives` uniform negatives per step shared by the batch, calibrated
+    gbce        gSASRec: `num_negatives` uniform negatives, shared by the batch or drawn per position
+                (`model.gbce_negatives`), calibrated
     sampled     sampled softmax: `num_negatives` candidates shared by the batch (`model.sampled_negatives`),
                 logQ-corrected (Covington et al. 2016's candidate generator; Jean et al. 2015)
     """
@@ -311,8 +312,11 @@ def training_loss(cfg_model, num_items: int, h_BxLxD, table_VxD, batch, key, mes
         groups = 1 if mesh is None else mesh.shape["data"]
         return sparse_target_ce(ce_fn, h_NxD, targets_N, target_fraction, groups)
     if cfg_model.loss == "gbce":
-        negatives_K = jax.random.randint(key, (cfg_model.num_negatives,), 1, num_items + 1)
-        return gbce(h_BxLxD, table_VxD, positives_BxL, negatives_K, num_items, cfg_model.gbce_t)
+        shape = (cfg_model.num_negatives,)
+        if cfg_model.gbce_negatives == "position":
+            shape = positives_BxL.shape + shape
+        negatives = jax.random.randint(key, shape, 1, num_items + 1)
+        return gbce(h_BxLxD, table_VxD, positives_BxL, negatives, num_items, cfg_model.gbce_t)
     raise ValueError(f"unknown model.loss {cfg_model.loss!r}; known: bce, bpr, ce, ce_chunked, gbce, sampled")
 
 

@@ -3,6 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxrec.config import ModelConfig
 from jaxrec.losses import (
     bce_sampled,
     compact_targets,
@@ -11,6 +12,7 @@ from jaxrec.losses import (
     softmax_ce_full,
     sparse_target_ce,
     target_capacity,
+    training_loss,
 )
 
 NUM_ITEMS = 45  # rows 46..63 of a 64-row table are vocabulary padding
@@ -75,6 +77,55 @@ def test_gbce_with_beta_one_is_bce():
     np.testing.assert_allclose(ours[0], reference[0], rtol=1e-6)
     calibrated = gbce(h3, table, positives, negatives, NUM_ITEMS, calibration=0.75)
     assert calibrated[0] < ours[0]  # beta < 1 shrinks the positive term
+
+
+def _numpy_gbce(h_BxLxD, table, positives_BxL, negatives_BxLxK, beta):
+    """gSASRec's loss written out position by position (float64): beta * softplus(-s+) + sum softplus(s-)."""
+    h, table = np.asarray(h_BxLxD, np.float64), np.asarray(table, np.float64)
+    total, count = 0.0, 0
+    for b, t in np.ndindex(*positives_BxL.shape):
+        if positives_BxL[b, t] == 0:
+            continue
+        pos = h[b, t] @ table[positives_BxL[b, t]]
+        negs = table[negatives_BxLxK[b, t]] @ h[b, t]
+        total += beta * np.logaddexp(0.0, -pos) + np.logaddexp(0.0, negs).sum()
+        count += 1
+    return total / count
+
+
+def test_gbce_per_position_negatives_match_a_written_out_reference():
+    h, table, targets = _inputs(n=24)
+    h_BxLxD, positives_BxL = h.reshape(2, 12, -1), np.asarray(targets).reshape(2, 12)
+    negatives = np.random.default_rng(1).integers(1, NUM_ITEMS + 1, (2, 12, 6))
+    alpha = 6 / (NUM_ITEMS - 1)
+    beta = alpha * (0.75 * (1 - 1 / alpha) + 1 / alpha)
+    loss, count = gbce(h_BxLxD, table, jnp.asarray(positives_BxL), jnp.asarray(negatives), NUM_ITEMS, 0.75)
+    assert int(count) == (positives_BxL > 0).sum()
+    np.testing.assert_allclose(loss, _numpy_gbce(h_BxLxD, table, positives_BxL, negatives, beta), rtol=1e-5)
+    # Shared negatives (K,) are the per-position case with the same K ids at every position.
+    shared = gbce(h_BxLxD, table, jnp.asarray(positives_BxL), jnp.asarray(negatives[0, 0]), NUM_ITEMS, 0.75)[0]
+    np.testing.assert_allclose(
+        shared,
+        _numpy_gbce(h_BxLxD, table, positives_BxL, np.broadcast_to(negatives[0, 0], negatives.shape), beta),
+        rtol=1e-5,
+    )
+
+
+@pytest.mark.parametrize("mode", ["batch", "position"])
+def test_training_loss_draws_gbce_negatives_as_configured(mode):
+    h, table, targets = _inputs(n=24)
+    cfg = ModelConfig(loss="gbce", num_negatives=5, gbce_t=0.5, gbce_negatives=mode)
+    batch = {"positives_BxL": targets.reshape(2, 12)}
+    key = jax.random.key(3)
+    loss, _ = training_loss(cfg, NUM_ITEMS, h.reshape(2, 12, -1), table, batch, key)
+    shape = (5,) if mode == "batch" else (2, 12, 5)
+    negatives = jax.random.randint(key, shape, 1, NUM_ITEMS + 1)
+    np.testing.assert_allclose(
+        loss, gbce(h.reshape(2, 12, -1), table, batch["positives_BxL"], negatives, NUM_ITEMS, 0.5)[0], rtol=1e-6
+    )
+    if mode == "position":  # distinct draws per position, within the real items
+        assert len({tuple(row) for row in np.asarray(negatives).reshape(-1, 5)}) > 20
+        assert 1 <= int(negatives.min()) and int(negatives.max()) <= NUM_ITEMS
 
 
 def test_target_capacity_covers_the_binomial_tail():
