@@ -67,7 +67,8 @@ ROWS = {
         # The reference checkpoint (gSASRec-pytorch README): hidden 128, 2 blocks, 1 head, dropout 0.5, 256
         # negatives, t = 0.75, a separate output table, batch 128, torch's Adam (lr 1e-3, beta2 0.999); 86,064
         # steps of 128 sequences, about 1,800 passes over ML-1M's users. Its negatives are drawn per position;
-        # ours are shared by the batch (losses.gbce).
+        # this row shares them across the batch (model.gbce_negatives=batch): per position is 3x slower a step
+        # on this CPU (step_bench gsasrec cases).
         source="gSASRec reference checkpoint (about 1,800 epochs)",
         settings=[
             "model.hidden=128",

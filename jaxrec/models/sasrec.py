@@ -7,6 +7,7 @@ positions, embedding dropout, `num_blocks` blocks of [LayerNorm -> causal self-a
 residual onto the normalised queries -> LayerNorm -> point-wise feed-forward with residual],
 padding rows zeroed after every block, and a final LayerNorm. Scores are dot products with the
 input item table (shared), or with a separate output table (the paper's ablation).
+`model.embedding_init=normal` starts the tables as gSASRec-pytorch does (N(0, 1), items unscaled).
 """
 
 from __future__ import annotations
