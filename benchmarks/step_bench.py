@@ -38,15 +38,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks import bench_common as common  # noqa: E402
+from benchmarks import reproduce  # noqa: E402
 
 ML1M_ITEMS, ML1M_USERS = 3416, 6040  # SASRec's ML-1M (sasrec-format/ml-1m.txt)
-GSASREC = [
-    "model.hidden=128",
-    "model.dropout=0.5",
-    "model.loss=gbce",
-    "model.num_negatives=256",
-    "model.shared_output_embedding=false",
-]
+# The gSASRec reproduction row's model settings, taken from the row so the two cannot drift apart.
+GSASREC = [s for s in reproduce.ROWS["gsasrec_gbce"]["settings"] if s.startswith("model.")]
 CASES = {  # name: (config file, overrides)
     "sasrec_ml1m": ("sasrec_ml1m.py", []),
     "sasrec_ml1m:ce": ("sasrec_ml1m.py", ["model.loss=ce"]),
