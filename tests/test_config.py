@@ -53,6 +53,7 @@ def test_bad_overrides_name_the_problem(assignment, message):
         ("train.loss_normalizer=tokens", "train.loss_normalizer must be batch or epoch"),
         ("mesh.cpu_devices=-1", "mesh.cpu_devices must be >= 0"),
         ("model.embedding_init=glorot", "model.embedding_init must be xavier or normal"),
+        ("model.gbce_negatives=user", "model.gbce_negatives must be batch or position"),
     ],
 )
 def test_validate_rejects_bad_values(assignment, message):
@@ -75,3 +76,9 @@ def test_every_config_file_loads_and_validates(path):
     cfg = module.get_config()
     assert isinstance(cfg, Config)
     config_lib.validate(cfg)
+
+
+def test_normal_embedding_init_is_refused_for_models_without_it():
+    cfg = config_lib.apply_overrides(Config(), ["model.name=bert4rec", "model.loss=ce", "model.embedding_init=normal"])
+    with pytest.raises(ConfigError, match="model.embedding_init=normal is only implemented for sasrec"):
+        config_lib.validate(cfg)
