@@ -51,7 +51,7 @@ def test_auc_gauc_and_logloss_match_brute_force_with_ties():
 
 @functools.cache
 def _data(labels: str):
-    return build_ctr_data(Config(data=SYNTHETIC, ctr=CTRConfig(labels=labels, num_negatives=2)))
+    return build_ctr_data(Config(data=SYNTHETIC, ctr=CTRConfig(labels=labels, num_negatives=2, history_actions=True)))
 
 
 @pytest.mark.parametrize("labels", ["explicit", "implicit"])
@@ -86,6 +86,8 @@ def test_split_is_time_ordered_and_histories_precede_the_example(labels):
     assert batch["user_BxF"].shape == (len(rows), 3) and batch["user_BxF"].min() >= 1
     assert np.all(batch["history_action_BxL"][~real] == 0) and batch["history_action_BxL"][real].min() >= 1
     assert batch["history_action_BxL"].max() < data.action_vocab
+    without = build_ctr_data(Config(data=SYNTHETIC, ctr=CTRConfig(labels=labels, num_negatives=2)))
+    assert "history_action_BxL" not in without.batch(rows, max_len)  # ctr.history_actions=false: no gather
 
 
 @pytest.mark.realdata

@@ -20,7 +20,7 @@ Batch keys (`CTRData.batch`):
   time_B             int32 unix seconds of the recommendation
   user_BxF           int32 user-field ids in one joint vocabulary, 0 = unknown   (with user features)
   history_action_BxL int32 each history event's action id 1..A (ML-1M: its rating), 0 at padding
-                     (when the data has actions; models read it with ctr.history_actions)
+                     (only with ctr.history_actions, when the data has actions)
   label_B            float32 0 / 1
   weight_B           float32 1 for examples, 0 for the rows that pad a batch
   user_B             int32 dense user id (GAUC's groups; not a model input)
@@ -66,6 +66,8 @@ class CTRData:
         user_vocab: rows of the user-field embedding (0 without user fields).
         actions_E: every event's action id 1..A (ML-1M: the rating), or None when the data has none.
         action_vocab: A + 1 (ids and padding 0), 0 without actions.
+        batch_actions: whether batches carry history_action_BxL (`ctr.history_actions`: only a model
+            that embeds actions reads it, so the others skip the gather).
     """
 
     name: str
@@ -84,6 +86,7 @@ class CTRData:
     user_vocab: int
     actions_E: np.ndarray | None = None
     action_vocab: int = 0
+    batch_actions: bool = True
 
     @property
     def num_categories(self) -> int:
@@ -110,7 +113,7 @@ class CTRData:
         }
         if self.user_fields_UxF is not None:
             batch["user_BxF"] = self.user_fields_UxF[user]
-        if self.actions_E is not None:
+        if self.actions_E is not None and self.batch_actions:
             batch["history_action_BxL"] = np.where(valid_BxL, self.actions_E[idx_BxL], 0).astype(np.int32)
         return batch
 
@@ -274,5 +277,6 @@ def build_ctr_data(cfg: Config) -> CTRData:
         user_vocab=vocab,
         actions_E=actions_E,
         action_vocab=events.action_vocab,
+        batch_actions=ctr.history_actions,
     )
     return data
