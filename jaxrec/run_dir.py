@@ -22,9 +22,18 @@ class RunDirError(ValueError):
     """A --workdir that cannot be used as asked (it holds another run)."""
 
 
+# Fields that choose how a step is computed, not what it computes (equal results to float tolerance, the
+# same parameters): a resumed run may change them, e.g. a catalogue chunk that fits the item count better.
+COMPUTE_ONLY = frozenset({"model.ce_chunk", "model.attention"})
+
+
 def _diff(old: dict, new: dict, prefix: str) -> list[str]:
     keys = sorted(set(old) | set(new))
-    return [f"{prefix}.{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
+    return [
+        f"{prefix}.{k}: {old.get(k)!r} -> {new.get(k)!r}"
+        for k in keys
+        if old.get(k) != new.get(k) and f"{prefix}.{k}" not in COMPUTE_ONLY
+    ]
 
 
 def check_workdir(workdir: Path, cfg: config_lib.Config, resume: bool) -> None:

@@ -169,3 +169,19 @@ def test_killed_process_resumes_to_the_uninterrupted_result(tmp_path):
     for key, value in straight.items():
         if "seconds" not in key:
             assert killed[key] == value, key
+
+
+def test_resume_allows_compute_only_changes_and_refuses_model_changes(tmp_path):
+    from jaxrec import config as config_lib
+    from jaxrec.run_dir import RunDirError, check_workdir, write_json
+
+    cfg = config_lib.Config()
+    write_json(tmp_path / "config.json", config_lib.to_dict(cfg))
+    (tmp_path / "checkpoints" / "latest").mkdir(parents=True)
+    (tmp_path / "checkpoints" / "latest" / "step").write_text("1")
+    compute = config_lib.apply_overrides(cfg, ["model.ce_chunk=1024", "model.attention=xla"])
+    check_workdir(tmp_path, compute, resume=True)  # how the loss and attention are computed: may change
+    with pytest.raises(RunDirError, match="model.hidden"):
+        check_workdir(tmp_path, config_lib.apply_overrides(cfg, ["model.hidden=32"]), resume=True)
+    with pytest.raises(RunDirError, match="already holds a run"):
+        check_workdir(tmp_path, compute, resume=False)
