@@ -29,9 +29,6 @@ KV_SASREC = ["model.hidden=64", "model.dropout=0.1", "train.adam_b2=0.999", "tra
 KV_BERT4REC = ["train.adam_b2=0.999", "train.num_epochs=200"]
 # Beauty histories are short (median 6): fine buckets keep the padding (and the CE over it) small. The
 # trainer logs the padding share: 45% with the buckets 8,16,32,50 (the session-6/7 runs), 16% with these.
-# ce_chunk 4096: Beauty's 12,101 items fill three chunks (12,288 rows) where 8,192 padded two to 16,384; the
-# step_bench run of session 8 (Beauty's shape, results/cpu/step_bench.jsonl): SASRec+ 760 vs 1,166 ms a
-# step, BERT4Rec 283 vs 349 ms.
 BEAUTY = [
     "data.name=beauty-bert4rec",
     "model.max_len=50",
@@ -93,14 +90,14 @@ ROWS = {
         config="configs/sasrec_ml1m.py",
         published=(0.0327, None),
         source="Klenitskiy & Vasilev 2023 (SASRec+), BERT4Rec's Beauty file",
-        settings=KV_SASREC + BEAUTY + ["model.loss=ce_chunked", "model.ce_chunk=4096"],
+        settings=KV_SASREC + BEAUTY + ["model.loss=ce_chunked", "model.ce_chunk=8192"],
         cap_minutes=10,
     ),
     "beauty_bert4rec_ce": dict(
         config="configs/bert4rec_ml1m.py",
         published=(0.0187, None),
         source="Klenitskiy & Vasilev 2023, BERT4Rec's Beauty file",
-        settings=KV_BERT4REC + BEAUTY + ["model.ce_chunk=4096"],
+        settings=KV_BERT4REC + BEAUTY + ["model.ce_chunk=8192"],
         cap_minutes=10,
     ),
     "beauty_sasrec_bce": dict(
