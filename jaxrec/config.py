@@ -99,6 +99,9 @@ class TrainConfig:
     length_buckets: str = "auto"  # static sequence lengths batches are padded to: auto | none | comma list
     log_every: int = 50  # steps between progress updates
     max_train_seconds: float = 0.0  # wall-clock cap on training (0 = none); stops at an epoch end
+    # Early stopping: stop once the validation metric has not improved for this many epochs (0 = never).
+    # Checked at validation epochs (eval.every_epochs). Klenitskiy & Vasilev: 10 for SASRec, 20 for BERT4Rec.
+    patience_epochs: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -345,6 +348,7 @@ def validate(cfg: Config) -> None:
         (cfg.train.learning_rate > 0, "train.learning_rate must be > 0"),
         (cfg.train.loss_normalizer in ("batch", "epoch"), "train.loss_normalizer must be batch or epoch"),
         (cfg.eval.every_epochs >= 1, "eval.every_epochs must be >= 1"),
+        (cfg.train.patience_epochs >= 0, "train.patience_epochs must be >= 0 (0 = no early stopping)"),
         (cfg.eval.batch_size >= 1, "eval.batch_size must be >= 1"),
         (cfg.eval.num_negatives >= 1, "eval.num_negatives must be >= 1"),
         (cfg.data.min_user_interactions >= 0, "data.min_user_interactions must be >= 0"),

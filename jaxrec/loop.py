@@ -63,14 +63,17 @@ def fit(
         evaluate: (state, "valid" | "test") -> metrics named "<split>/...".
         select: the validation metric that picks the best checkpoint (higher is better; NaN never wins).
         entry_extras: more figures for each metrics.jsonl line, from the epoch's last step metrics.
-    Validation runs every `eval.every_epochs`, after the last epoch and when capped; metrics.json
-    holds the best checkpoint's validation and test metrics. `interrupt_after_epoch` simulates a
+    Validation runs every `eval.every_epochs`, after the last epoch and when capped; training stops
+    early once `train.patience_epochs` epochs have passed without a better validation metric (checked
+    at validation epochs). metrics.json holds the best checkpoint's validation and test metrics, and
+    what ended training ("ended_by": epochs, cap or patience). `interrupt_after_epoch` simulates a
     crash after that epoch's checkpoint (for tests).
     """
     step = int(state.step)
     total_steps = cfg.train.num_epochs * steps_per_epoch
     progress = Progress(total_steps, step)
     train_seconds, epoch = float(record["train_seconds"]), record["epoch"]
+    ended_by = "epochs"
     try:
         while epoch < cfg.train.num_epochs:
             epoch += 1
@@ -89,6 +92,7 @@ def fit(
                 raise TrainingDiverged(f"training loss is {epoch_loss} at epoch {epoch}; lower train.learning_rate")
             record.update(epoch=epoch, train_seconds=train_seconds)
             capped = 0 < cfg.train.max_train_seconds <= train_seconds
+            stalled = False
             if epoch % cfg.eval.every_epochs == 0 or epoch == cfg.train.num_epochs or capped:
                 eval_start = time.perf_counter()
                 valid = evaluate(state, "valid")
@@ -107,6 +111,8 @@ def fit(
                     checkpoints.save("best", step, state, record)
                 checkpoints.save("latest", step, state, record)
                 checkpoints.wait()
+                patience = cfg.train.patience_epochs
+                stalled = patience > 0 and epoch - record["best_epoch"] >= patience
                 run_dir.append_jsonl(workdir / "metrics.jsonl", entry)
                 log.info(
                     "epoch %d loss %.4f %s %.4f (best %.4f @ %d)",
@@ -124,6 +130,11 @@ def fit(
                 raise KeyboardInterrupt(f"simulated interruption after epoch {epoch}")
             if capped:
                 log.info("train.max_train_seconds=%s reached after epoch %d", cfg.train.max_train_seconds, epoch)
+                ended_by = "cap"
+                break
+            if stalled:
+                log.info("train.patience_epochs: no better %s since epoch %d", select, record["best_epoch"])
+                ended_by = "patience"
                 break
         progress.close()
         checkpoints.wait()
@@ -131,6 +142,7 @@ def fit(
         final = {
             "best_epoch": best_record["best_epoch"],
             "epochs": epoch,
+            "ended_by": ended_by,
             "train/seconds": train_seconds,
             "compile/seconds": compile_seconds,
         }

@@ -46,3 +46,27 @@ def test_same_seed_same_metrics_other_seed_differs(tiny_config, tmp_path):
     assert a["test/ndcg@10_full"] == b["test/ndcg@10_full"]
     assert a["test/ndcg@10_full"] != c["test/ndcg@10_full"]
     assert np.isfinite(a["train/seconds"])
+
+
+def test_patience_stops_after_epochs_without_a_better_validation_metric(tiny_config, tmp_path, monkeypatch):
+    from jaxrec.evaluation import LeaveOneOutEvaluator
+
+    select = tiny_config.eval.select_metric
+    scripted = iter([0.30, 0.40, 0.35, 0.39, 0.38])  # validation at epochs 1..5: best 0.40 at epoch 2
+    real = LeaveOneOutEvaluator.evaluate
+
+    def evaluate(self, params, which):
+        metrics = real(self, params, which)
+        if which == "valid":
+            metrics[select] = next(scripted, metrics[select])
+        return metrics
+
+    monkeypatch.setattr(LeaveOneOutEvaluator, "evaluate", evaluate)
+    cfg = replace(tiny_config, train=dict(num_epochs=6, patience_epochs=3), eval=dict(every_epochs=1))
+    metrics = trainer.run(cfg, tmp_path / "run")
+    # Epochs 3, 4 and 5 do not beat epoch 2: stop after epoch 5 of 6.
+    assert metrics["epochs"] == 5 and metrics["best_epoch"] == 2 and metrics["ended_by"] == "patience"
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3, 4, 5]
+    unlimited = trainer.run(replace(cfg, train=dict(patience_epochs=0)), tmp_path / "all")
+    assert unlimited["epochs"] == 6 and unlimited["ended_by"] == "epochs"
