@@ -7,7 +7,8 @@ Each row is `train.py --config ... --resume` in its own workdir (runs/reproduce/
 that is stopped or capped continues where it was when started again. `train.max_train_seconds`
 caps a row's training time; the table says when the cap, not convergence, ended a row.
 Writes <out>/table.json and <out>/table.md (published figure beside the measured one, settings,
-epochs, training time) and copies each row's validation curve (metrics.jsonl).
+epochs, training time) and copies each row's validation curve (metrics.jsonl). Rows not run this time
+keep their entries from the existing <out>/table.json.
 """
 
 from __future__ import annotations
@@ -241,8 +242,23 @@ def row_result(name, row, workdir, settings):
     }
 
 
+def merged_with_table(results, out: Path):
+    """`results` and the rows of <out>/table.json they do not replace, in ROWS' order.
+
+    A row's run directory may be gone (a new checkout, another machine) while its committed figure
+    stands: rebuilding the table for some rows must not drop the others.
+    """
+    kept = {}
+    if (out / "table.json").exists():
+        kept = {r["row"]: r for r in json.loads((out / "table.json").read_text())}
+    kept.update({r["row"]: r for r in results})
+    order = {name: i for i, name in enumerate(ROWS)}
+    return sorted(kept.values(), key=lambda r: order.get(r["row"], len(order)))
+
+
 def write_table(results, out: Path):
     out.mkdir(parents=True, exist_ok=True)
+    results = merged_with_table(results, out)
     (out / "table.json").write_text(json.dumps(results, indent=2) + "\n")
     lines = [
         "Full ranking, history excluded, test split (NDCG@10 / HR@10); sampled = 100 uniform negatives, "
@@ -286,7 +302,7 @@ def main(argv=None):
         workdir = Path(args.runs) / name
         cap_seconds = ROWS[name]["cap_minutes"] * 60 * args.cap_scale
         if args.table_only and not (workdir / "metrics.json").exists():
-            print(f"{name}: no finished run in {workdir}, left out of the table")
+            print(f"{name}: no finished run in {workdir}; the table keeps its earlier entry, if any")
             continue
         results.append(run_row(name, ROWS[name], workdir, cap_seconds, extra, train=not args.table_only))
         curve = Path(args.out) / f"{name}.metrics.jsonl"

@@ -1,6 +1,7 @@
 """The benchmark scripts' smoke modes run in the test suite, so they cannot rot."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -41,6 +42,14 @@ def test_reproduce_harness_smoke(tmp_path):
     rows = "sasrec_ce,bert4rec_ce"  # bert4rec_ce has no finished run: left out
     rebuilt = reproduce.main(["--smoke", "--table-only", "--rows", rows, "--runs", runs, "--out", out])
     assert [r["row"] for r in rebuilt] == ["sasrec_ce"] and rebuilt[0]["ndcg@10"] == results[0]["ndcg@10"]
+    # A row whose run directory is gone keeps its table entry when another row (popularity: no training) is run.
+    shutil.rmtree(tmp_path / "runs" / "sasrec_ce")
+    assert [r["row"] for r in reproduce.main(["--smoke", "--rows", "popularity", "--runs", runs, "--out", out])] == [
+        "popularity"
+    ]
+    kept = json.loads((tmp_path / "out" / "table.json").read_text())
+    assert [r["row"] for r in kept] == ["sasrec_ce", "popularity"] and kept[0]["ndcg@10"] == results[0]["ndcg@10"]
+    assert "0.1821 / 0.3152" in (tmp_path / "out" / "table.md").read_text()
 
 
 @pytest.mark.slow  # subprocesses per size; the chunked CE's correctness is in test_losses
