@@ -145,7 +145,10 @@ def test_sharded_trajectory_matches_one_device_on_every_mesh(mesh_config, loss, 
     )
 
 
-@pytest.mark.parametrize("shape", [None, (2, 1), (2, 2)])
+# The default run keeps the mesh that exercises both shard kinds; test_losses covers one device.
+@pytest.mark.parametrize(
+    "shape", [pytest.param(None, marks=pytest.mark.slow), pytest.param((2, 1), marks=pytest.mark.slow), (2, 2)]
+)
 def test_bert4rec_scores_only_masked_positions_with_the_same_trajectory(mesh_config, monkeypatch, shape):
     """BERT4Rec's CE on its compacted masked positions (per data shard; vocabulary-parallel on model = 2)
     follows the trajectory of the CE over every position, which scores unmasked ones at weight 0."""
