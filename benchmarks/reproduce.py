@@ -253,9 +253,14 @@ def merged_with_table(results, out: Path):
     A row's run directory may be gone (a new checkout, another machine) while its committed figure
     stands: rebuilding the table for some rows must not drop the others.
     """
-    kept = {}
-    if (out / "table.json").exists():
-        kept = {r["row"]: r for r in json.loads((out / "table.json").read_text())}
+    kept, path = {}, out / "table.json"
+    if path.exists():
+        try:
+            kept = {r["row"]: r for r in json.loads(path.read_text())}
+        except (json.JSONDecodeError, TypeError, KeyError) as e:
+            raise SystemExit(
+                f"{path} is not a table this script wrote ({e!r}); move it aside to start a new one"
+            ) from e
     kept.update({r["row"]: r for r in results})
     order = {name: i for i, name in enumerate(ROWS)}
     return sorted(kept.values(), key=lambda r: order.get(r["row"], len(order)))
@@ -300,6 +305,7 @@ def main(argv=None):
     )
     args = parser.parse_args(argv)
     extra = SMOKE if args.smoke else []
+    merged_with_table([], Path(args.out))  # a damaged table.json stops us before any row trains
     results = []
     for name in args.rows.split(","):
         if name not in ROWS:

@@ -50,6 +50,9 @@ def test_reproduce_harness_smoke(tmp_path):
     kept = json.loads((tmp_path / "out" / "table.json").read_text())
     assert [r["row"] for r in kept] == ["sasrec_ce", "popularity"] and kept[0]["ndcg@10"] == results[0]["ndcg@10"]
     assert "0.1821 / 0.3152" in (tmp_path / "out" / "table.md").read_text()
+    (tmp_path / "out" / "table.json").write_text("{not json")
+    with pytest.raises(SystemExit, match="table.json is not a table"):
+        reproduce.main(["--smoke", "--rows", "popularity", "--runs", runs, "--out", out])
 
 
 @pytest.mark.slow  # subprocesses per size; the chunked CE's correctness is in test_losses
