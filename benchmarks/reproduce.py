@@ -247,28 +247,28 @@ def row_result(name, row, workdir, settings):
     }
 
 
-def merged_with_table(results, out: Path):
-    """`results` and the rows of <out>/table.json they do not replace, in ROWS' order.
+def committed_rows(out: Path) -> dict[str, dict]:
+    """The rows of <out>/table.json by name ({} when there is none).
 
     A row's run directory may be gone (a new checkout, another machine) while its committed figure
     stands: rebuilding the table for some rows must not drop the others.
     """
-    kept, path = {}, out / "table.json"
-    if path.exists():
-        try:
-            kept = {r["row"]: r for r in json.loads(path.read_text())}
-        except (json.JSONDecodeError, TypeError, KeyError) as e:
-            raise SystemExit(
-                f"{path} is not a table this script wrote ({e!r}); move it aside to start a new one"
-            ) from e
-    kept.update({r["row"]: r for r in results})
+    path = out / "table.json"
+    if not path.exists():
+        return {}
+    try:
+        return {r["row"]: r for r in json.loads(path.read_text())}
+    except (json.JSONDecodeError, TypeError, KeyError) as e:
+        raise SystemExit(f"{path} is not a table this script wrote ({e!r}); move it aside to start a new one") from e
+
+
+def in_row_order(rows: dict[str, dict]) -> list[dict]:
     order = {name: i for i, name in enumerate(ROWS)}
-    return sorted(kept.values(), key=lambda r: order.get(r["row"], len(order)))
+    return sorted(rows.values(), key=lambda r: order.get(r["row"], len(order)))
 
 
 def write_table(results, out: Path):
     out.mkdir(parents=True, exist_ok=True)
-    results = merged_with_table(results, out)
     (out / "table.json").write_text(json.dumps(results, indent=2) + "\n")
     lines = [
         "Full ranking, history excluded, test split (NDCG@10 / HR@10); sampled = 100 uniform negatives, "
@@ -305,7 +305,7 @@ def main(argv=None):
     )
     args = parser.parse_args(argv)
     extra = SMOKE if args.smoke else []
-    merged_with_table([], Path(args.out))  # a damaged table.json stops us before any row trains
+    table = committed_rows(Path(args.out))  # read before any row trains: a damaged file stops us here
     results = []
     for name in args.rows.split(","):
         if name not in ROWS:
@@ -319,7 +319,8 @@ def main(argv=None):
         curve = Path(args.out) / f"{name}.metrics.jsonl"
         curve.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(workdir / "metrics.jsonl", curve)
-        write_table(results, Path(args.out))
+        table[name] = results[-1]
+        write_table(in_row_order(table), Path(args.out))
     return results
 
 
