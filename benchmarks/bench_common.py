@@ -1,5 +1,5 @@
-"""Helpers shared by the kernel benchmarks: device naming, the measured matmul peak, timing, memory,
-history lengths of the real datasets, JSON lines.
+"""Helpers shared by the benchmarks: device naming, the measured matmul peak, timing, memory, history
+lengths of the real datasets, JSON lines, and the committed rows of the result tables.
 
 Nothing here imports grain or jaxrec's data pipeline: the scripts run where only jax, flax and optax are
 installed (the GPU machine). jax is imported inside the functions, so that a script can set flags first.
@@ -170,6 +170,28 @@ def read_jsonl(path: Path) -> list[dict]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def committed_rows(out: Path) -> dict[str, dict]:
+    """The rows of <out>/table.json by name ({} when there is none).
+
+    A row's run directory may be gone (a new checkout, another machine) while its committed figure
+    stands: rebuilding a table for some rows must not drop the others. Call it before any row trains,
+    so that a damaged file stops the script before hours of training.
+    """
+    path = out / "table.json"
+    if not path.exists():
+        return {}
+    try:
+        return {r["row"]: r for r in json.loads(path.read_text())}
+    except (json.JSONDecodeError, TypeError, KeyError) as e:
+        raise SystemExit(f"{path} is not a table this script wrote ({e!r}); move it aside to start a new one") from e
+
+
+def in_row_order(rows: dict[str, dict], order) -> list[dict]:
+    """The rows sorted by their name's place in `order`; names not in it last, in insertion order."""
+    place = {name: i for i, name in enumerate(order)}
+    return sorted(rows.values(), key=lambda r: place.get(r["row"], len(place)))
 
 
 def run_id() -> str:

@@ -8,8 +8,9 @@ workdir (runs/ctr_ml1m/<row>/seed<S>), so an interrupted table resumes where it 
 >= 4 is 1, <= 3 is 0; split by global time quantiles (80/10/10 of the examples); the checkpoint is the
 one best on valid/auc (the configs train 3 epochs; `--epochs` overrides). The table reports the mean
 and the sample standard deviation over seeds of the test AUC, GAUC, log loss and the training time.
-Writes <out>/table.json and <out>/table.md. On a 2-core CPU an ML-1M epoch takes about 1-1.5 min
-(WDL, WDL+Seq, DIN), 6-8 min (BST, 1 block) and 9-13 min (BST, 2 blocks): the full table is hours.
+Writes <out>/table.json and <out>/table.md; rows not run this time keep their entries. On a 2-core CPU
+an ML-1M epoch takes about 1-1.5 min (WDL, WDL+Seq, DIN), 6-8 min (BST, 1 block) and 9-13 min (BST,
+2 blocks): the full table is hours.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run as a script: `benchmarks` must be importable
+
+from benchmarks import bench_common as common  # noqa: E402
 
 ROWS = {
     "wdl": dict(config="wdl_ml1m.py", settings=[]),
@@ -112,13 +116,15 @@ def main(argv=None) -> list[dict]:
     extra = list(SMOKE) if args.smoke else []
     if args.epochs:
         extra.append(f"train.num_epochs={args.epochs}")
+    table = common.committed_rows(Path(args.out))  # read before any row trains: a damaged file stops us here
     results = []
     for name in args.rows.split(","):
         if name not in ROWS:
             raise SystemExit(f"unknown row {name!r}; known: {', '.join(ROWS)}")
         runs = [run_one(ROWS[name], seed, Path(args.runs) / name / f"seed{seed}", extra) for seed in seeds]
         results.append(summarise(name, runs))
-        write_table(results, Path(args.out))
+        table[name] = results[-1]
+        write_table(common.in_row_order(table, ROWS), Path(args.out))
     return results
 
 

@@ -7,7 +7,8 @@ Every row is `train.py --config configs/pinnerformer_ml1m.py --resume` in its ow
 row's overrides; the table reports the test split's Recall@10, Entropy@50 (genres of the top 50),
 P90 Coverage@10 and the training time, beside the paper's figures where it gives them (PinnerFormer,
 Pancha et al. 2022, tables 2-3, on Pinterest data: different data, so compare the shape, not the values).
-Writes <out>/table.json, <out>/table.md and each row's validation curve.
+Writes <out>/table.json, <out>/table.md and each row's validation curve; rows not run this time keep
+their entries from the existing <out>/table.json.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run as a script: `benchmarks` must be importable
+
+from benchmarks import bench_common as common  # noqa: E402
 
 # Rows: negatives x logQ with the dense all-action objective, then the objectives with mixed + logQ.
 ROWS = {
@@ -53,7 +57,6 @@ def popularity_row(extra: list[str]) -> dict:
     """Most popular training items (seen ones excluded), scored by the same temporal evaluation."""
     import numpy as np
 
-    sys.path.insert(0, str(REPO))
     from jaxrec.config import apply_overrides
     from jaxrec.data.events import load_events
     from jaxrec.retrieval_trainer import _eval_config
@@ -145,29 +148,37 @@ def main(argv=None) -> list[dict]:
     args = parser.parse_args(argv)
     extra = SMOKE if args.smoke else []
     epochs = 2 if args.smoke else args.epochs
-    results = [popularity_row(extra)]
+    out = Path(args.out)
+    table = common.committed_rows(out)  # read before any row trains: a damaged file stops us here
+    modes = [m for m in args.eval_modes.split(",") if m]
+    order = ["popularity", *ROWS, *(f"mixed_logq, {mode}" for mode in modes)]
+    results: list[dict] = []
+
+    def record(result: dict) -> None:
+        results.append(result)
+        table[result["row"]] = result
+        write_table(common.in_row_order(table, order), out)
+
+    record(popularity_row(extra))
     for name in args.rows.split(","):
         if name not in ROWS:
             raise SystemExit(f"unknown row {name!r}; known: {', '.join(ROWS)}")
         workdir = Path(args.runs) / name
         if args.table_only and not (workdir / "metrics.json").exists():
-            print(f"{name}: no finished run in {workdir}, left out of the table")
+            print(f"{name}: no finished run in {workdir}; the table keeps its earlier entry, if any")
             continue
-        results.append(run_row(name, ROWS[name], workdir, epochs, extra, train=not args.table_only))
-        curve = Path(args.out) / f"{name}.metrics.jsonl"
-        curve.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(workdir / "metrics.jsonl", curve)
-        write_table(results, Path(args.out))
+        result = run_row(name, ROWS[name], workdir, epochs, extra, train=not args.table_only)
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.copy(workdir / "metrics.jsonl", out / f"{name}.metrics.jsonl")
+        record(result)
     mixed = Path(args.runs) / "mixed_logq"
-    for mode in [m for m in args.eval_modes.split(",") if m] if (mixed / "metrics.json").exists() else []:
-        results.append(mode_row(mixed, mode))
-        write_table(results, Path(args.out))
+    for mode in modes if (mixed / "metrics.json").exists() else []:
+        record(mode_row(mixed, mode))
     return results
 
 
 def mode_row(workdir: Path, mode: str) -> dict:
     """mixed_logq's best checkpoint with user embeddings recomputed daily or after every event."""
-    sys.path.insert(0, str(REPO))
     from jaxrec.retrieval_trainer import evaluate_checkpoint
 
     metrics = evaluate_checkpoint(workdir, [f"retrieval.eval_mode={mode}"])

@@ -21,6 +21,9 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run as a script: `benchmarks` must be importable
+
+from benchmarks import bench_common as common  # noqa: E402
 
 # Klenitskiy & Vasilev's public configs (antklen/sasrec-bert4rec-recsys23, src/configs/*.yaml and
 # src/run_final.sh): hidden 64, 2 blocks, dropout 0.1, batch 128, Adam lr 1e-3, max_len 200 on ML-1M and
@@ -178,7 +181,6 @@ def _fmt(pair):
 
 def run_popularity(row, workdir: Path, settings) -> None:
     """The popularity row: no training, the same split, negatives and metrics as the models' rows."""
-    sys.path.insert(0, str(REPO))
     from jaxrec import config as config_lib
     from jaxrec.baselines import popularity_metrics
     from jaxrec.data import leave_one_out, load_dataset
@@ -247,26 +249,6 @@ def row_result(name, row, workdir, settings):
     }
 
 
-def committed_rows(out: Path) -> dict[str, dict]:
-    """The rows of <out>/table.json by name ({} when there is none).
-
-    A row's run directory may be gone (a new checkout, another machine) while its committed figure
-    stands: rebuilding the table for some rows must not drop the others.
-    """
-    path = out / "table.json"
-    if not path.exists():
-        return {}
-    try:
-        return {r["row"]: r for r in json.loads(path.read_text())}
-    except (json.JSONDecodeError, TypeError, KeyError) as e:
-        raise SystemExit(f"{path} is not a table this script wrote ({e!r}); move it aside to start a new one") from e
-
-
-def in_row_order(rows: dict[str, dict]) -> list[dict]:
-    order = {name: i for i, name in enumerate(ROWS)}
-    return sorted(rows.values(), key=lambda r: order.get(r["row"], len(order)))
-
-
 def write_table(results, out: Path):
     out.mkdir(parents=True, exist_ok=True)
     (out / "table.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -305,7 +287,7 @@ def main(argv=None):
     )
     args = parser.parse_args(argv)
     extra = SMOKE if args.smoke else []
-    table = committed_rows(Path(args.out))  # read before any row trains: a damaged file stops us here
+    table = common.committed_rows(Path(args.out))  # read before any row trains: a damaged file stops us here
     results = []
     for name in args.rows.split(","):
         if name not in ROWS:
@@ -320,7 +302,7 @@ def main(argv=None):
         curve.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(workdir / "metrics.jsonl", curve)
         table[name] = results[-1]
-        write_table(in_row_order(table), Path(args.out))
+        write_table(common.in_row_order(table, ROWS), Path(args.out))
     return results
 
 

@@ -94,3 +94,11 @@ def test_pinnerformer_table_harness_smoke(tmp_path):
     rows = {r["row"]: r for r in results}
     assert list(rows)[:2] == ["popularity", "in_batch_logq"] and 0.0 <= rows["in_batch_logq"]["recall@10"] <= 1.0
     assert "| in_batch_logq |" in (out / "table.md").read_text() and (out / "in_batch_logq.metrics.jsonl").exists()
+    # Its run directory gone, a --table-only rebuild keeps the row's committed entry.
+    shutil.rmtree(tmp_path / "runs" / "in_batch_logq")
+    rebuilt = pinnerformer_table.main(
+        ["--smoke", "--table-only", "--rows", "in_batch_logq", "--runs", str(tmp_path / "runs"), "--out", str(out)]
+    )
+    assert [r["row"] for r in rebuilt] == ["popularity"]
+    kept = {r["row"]: r for r in json.loads((out / "table.json").read_text())}
+    assert list(kept) == ["popularity", "in_batch_logq"] and kept["in_batch_logq"] == rows["in_batch_logq"]

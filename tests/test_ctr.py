@@ -132,6 +132,12 @@ def test_cli_rejects_bad_ctr_settings_with_one_error_line(tmp_path, capsys):
 def test_benchmark_smoke_trains_din_through_train_py(tmp_path):
     from benchmarks import ctr_table
 
+    # A committed row this call does not run keeps its entry, in the table's row order.
+    committed = {"row": "wdl", "seeds": [0], "runs": []} | {
+        figure: {"mean": 0.5, "std": 0.0, "min": 0.5, "max": 0.5} for figure in ctr_table.FIGURES
+    }
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "table.json").write_text(json.dumps([committed]))
     results = ctr_table.main(
         [
             "--smoke",
@@ -148,7 +154,9 @@ def test_benchmark_smoke_trains_din_through_train_py(tmp_path):
     assert [r["row"] for r in results] == ["din_feedback"]
     assert 0.0 <= results[0]["test_auc"]["mean"] <= 1.0 and results[0]["train_seconds"]["mean"] > 0
     table = (tmp_path / "out" / "table.md").read_text()
-    assert "| din_feedback |" in table
+    assert "| din_feedback |" in table and "| wdl | 1 | 0.5000 +- 0.0000" in table
+    written = json.loads((tmp_path / "out" / "table.json").read_text())
+    assert [r["row"] for r in written] == ["wdl", "din_feedback"] and written[0] == committed
     metrics = json.loads((tmp_path / "runs" / "din_feedback" / "seed0" / "metrics.json").read_text())
     assert {"test/auc", "test/gauc", "test/logloss", "train/seconds"} <= set(metrics)
     config = json.loads((tmp_path / "runs" / "din_feedback" / "seed0" / "config.json").read_text())
