@@ -221,13 +221,14 @@ def target_capacity(positions: int, fraction: float, sigmas: float = 4.0) -> int
     return min(positions, 8 * math.ceil(room / 8))
 
 
-def compact_targets(h_NxD, targets_N, capacity: int):
+def compact_targets(h_NxD, targets_N, capacity: int, count=None):
     """The rows with a target (id > 0), in order, as `capacity` rows; unused rows get target 0.
 
-    Rows beyond `capacity` are dropped: callers check `(targets_N > 0).sum() <= capacity` first.
+    Rows beyond `capacity` are dropped: callers check `(targets_N > 0).sum() <= capacity` first, and
+    may pass that sum as `count`.
     """
     (rows_C,) = jnp.nonzero(targets_N > 0, size=capacity, fill_value=0)
-    used_C = jnp.arange(capacity) < (targets_N > 0).sum()
+    used_C = jnp.arange(capacity) < ((targets_N > 0).sum() if count is None else count)
     return h_NxD[rows_C], jnp.where(used_C, targets_N[rows_C], 0)
 
 
@@ -248,15 +249,17 @@ def sparse_target_ce(ce_fn, h_NxD, targets_N, target_fraction: float, groups: in
     h_GxNxD = h_NxD.reshape(groups, n // groups, dim)
     targets_GxN = targets_N.reshape(groups, n // groups)
 
+    count_G = (targets_GxN > 0).sum(axis=1)
+
     def compacted(h_GxNxD, targets_GxN):
-        h_GxCxD, targets_GxC = jax.vmap(compact_targets, in_axes=(0, 0, None))(h_GxNxD, targets_GxN, capacity)
+        compact = jax.vmap(compact_targets, in_axes=(0, 0, None, 0))
+        h_GxCxD, targets_GxC = compact(h_GxNxD, targets_GxN, capacity, count_G)
         return ce_fn(h_GxCxD.reshape(-1, dim), targets_GxC.reshape(-1))
 
     def every_row(h_GxNxD, targets_GxN):
         return ce_fn(h_GxNxD.reshape(-1, dim), targets_GxN.reshape(-1))
 
-    fits = (targets_GxN > 0).sum(axis=1).max() <= capacity
-    return jax.lax.cond(fits, compacted, every_row, h_GxNxD, targets_GxN)
+    return jax.lax.cond(count_G.max() <= capacity, compacted, every_row, h_GxNxD, targets_GxN)
 
 
 def training_loss(cfg_model, num_items: int, h_BxLxD, table_VxD, batch, key, mesh=None, target_fraction=None):
