@@ -22,7 +22,7 @@ from jaxrec.data.datasets import user_inputs
 from jaxrec.data.pipeline import TrainBatches, parse_buckets, train_iterator
 from jaxrec.evaluation import LeaveOneOutEvaluator, draw_eval_negatives
 from jaxrec.loop import TrainingDiverged, fit, restore_latest  # noqa: F401  (TrainingDiverged: re-exported)
-from jaxrec.models import build_model, uses_user_inputs
+from jaxrec.models import build_model, trains_on_whole_sequence, uses_user_inputs
 from jaxrec.train_step import compiler_options, init_state, make_optimizer, make_train_step
 
 log = logging.getLogger("jaxrec")
@@ -91,7 +91,14 @@ def run(
     # Models with per-user inputs (MF's user ids, YoutubeDNN's user features) get them in every batch.
     users = user_inputs(dataset, cfg.data, cfg.model.user_features) if uses_user_inputs(model) else None
     plan = TrainBatches(
-        split.train, split.num_items, cfg.model.max_len, cfg.train.batch_size, buckets, cfg.train.seed, users
+        split.train,
+        split.num_items,
+        cfg.model.max_len,
+        cfg.train.batch_size,
+        buckets,
+        cfg.train.seed,
+        users,
+        whole_sequence=trains_on_whole_sequence(model),
     )
     negatives = draw_eval_negatives(split, cfg)
     evaluator = LeaveOneOutEvaluator(split, negatives, model, cfg, buckets, users, mesh)

@@ -79,3 +79,10 @@ def test_bert4rec_trains_end_to_end_on_synthetic_data(tiny_config, tmp_path):
     metrics = trainer.run(cfg, tmp_path / "run")
     assert 0.0 < metrics["test/ndcg@10_full"] <= 1.0
     assert dataclasses.asdict(cfg.model)["name"] == "bert4rec"
+
+
+def test_bert4rec_asks_for_whole_sequences_and_sasrec_for_pairs():
+    from jaxrec.models import trains_on_whole_sequence
+
+    assert trains_on_whole_sequence(build_model(CFG, NUM_ITEMS))
+    assert not trains_on_whole_sequence(build_model(dataclasses.replace(CFG, name="sasrec"), NUM_ITEMS))

@@ -98,3 +98,23 @@ def test_mean_positions_per_batch_counts_target_positions_up_to_max_len():
     seqs = [np.arange(1, n + 1) for n in (3, 5, 30)]  # 2, 4 and 29 -> 16 target positions
     plan = TrainBatches(seqs, 40, max_len=16, batch_size=8, buckets=(8, 16), seed=0)
     assert plan.mean_positions_per_batch == pytest.approx(8 * (2 + 4 + 16) / 3)
+
+
+def test_whole_sequence_batches_hold_every_training_item_first_included():
+    # BERT4Rec's cloze: a sequence of n items fills n positions (pairs would give n - 1 and lose the first).
+    seqs = [np.arange(1, n + 1, dtype=np.int32) for n in (8, 9, 3, 30)]
+    plan = TrainBatches(seqs, 40, max_len=16, batch_size=4, buckets=(8, 16), seed=0, whole_sequence=True)
+    # Bucketed by n: 8 items fit the length-8 bucket; 9 need 16 (as pairs, 9 items would fit 8).
+    assert [plan.buckets[b] for b in plan.user_bucket] == [8, 16, 8, 16]
+    assert plan.mean_positions_per_batch == pytest.approx(4 * (8 + 9 + 3 + 16) / 4)
+    for step in range(plan.steps_per_epoch):
+        length, users = plan.epoch_plan(0)[step]
+        batch = plan(step)
+        np.testing.assert_array_equal(batch["positives_BxL"], batch["inputs_BxL"])
+        for row, u in enumerate(users):
+            n = min(len(seqs[u]), length)
+            np.testing.assert_array_equal(batch["inputs_BxL"][row], left_pad([seqs[u]], length)[0])
+            assert (
+                batch["inputs_BxL"][row, length - n] == seqs[u][-n] and not batch["inputs_BxL"][row, : length - n].any()
+            )
+            assert np.all((batch["negatives_BxL"][row] > 0) == (batch["inputs_BxL"][row] > 0))

@@ -4,6 +4,9 @@ Batch keys (all int32):
   inputs_BxL     item history, left padded with 0
   positives_BxL  next item at each position (0 = no target: padding)
   negatives_BxL  one item per position drawn uniformly from items outside the user's training history
+
+With `whole_sequence` (models that build their own targets from the sequence, e.g. BERT4Rec's cloze)
+`inputs_BxL` and `positives_BxL` both hold the user's last L training items, the first one included.
   user_BxF       only with `user_table` (models with per-user inputs, e.g. MF): the users' rows of it
                  (`jaxrec.data.datasets.user_inputs`: column 0 = user id + 1, 0 on padding rows)
 
@@ -72,7 +75,13 @@ def sample_negatives(rng: np.random.Generator, exclude_sorted: np.ndarray, num_i
 
 
 class TrainBatches:
-    """Random-access plan of SASRec-style training batches, one sequence per user per epoch."""
+    """Random-access plan of training batches, one sequence per user per epoch.
+
+    By default SASRec-style (input, next item) pairs. `whole_sequence`: the training items themselves
+    (input = target = the last L items), so a sequence of n items fills n positions, not n - 1: on short
+    histories (Amazon Beauty's median is 6 interactions, 4 of them for training) the pairs would drop a
+    quarter of the cloze's targets and never show the first item.
+    """
 
     def __init__(
         self,
@@ -83,7 +92,9 @@ class TrainBatches:
         buckets: tuple[int, ...],
         seed: int,
         user_table: np.ndarray | None = None,
+        whole_sequence: bool = False,
     ):
+        self.whole_sequence = whole_sequence
         self.user_table = user_table  # (num users, F) per-user inputs, or None: no user_BxF key
         self.users = np.array([u for u, s in enumerate(train_seqs) if len(s) >= 2], np.int64)
         if len(self.users) == 0:
@@ -96,13 +107,14 @@ class TrainBatches:
         self.buckets = buckets
         self.seed = seed
         self._plan_cache: tuple[int, list] | None = None
-        pair_lengths = np.array([len(train_seqs[u]) - 1 for u in self.users])
-        self.user_bucket = bucket_of(pair_lengths, buckets)
+        # Target positions per user: n - 1 (input, next item) pairs, or n items with whole_sequence.
+        target_lengths = np.array([len(train_seqs[u]) - (not whole_sequence) for u in self.users])
+        self.user_bucket = bucket_of(target_lengths, buckets)
         counts = np.bincount(self.user_bucket, minlength=len(buckets))
         self.steps_per_epoch = int(sum(-(-c // batch_size) for c in counts))
         # What a batch of random users holds on average: the normaliser of train.loss_normalizer=epoch.
-        self.mean_positions_per_batch = float(batch_size * pair_lengths.clip(max=max_len).mean())
-        self.padding_fraction = 1.0 - pair_lengths.clip(max=max_len).sum() / float(
+        self.mean_positions_per_batch = float(batch_size * target_lengths.clip(max=max_len).mean())
+        self.padding_fraction = 1.0 - target_lengths.clip(max=max_len).sum() / float(
             sum(counts[b] * buckets[b] for b in range(len(buckets)))
         )
 
@@ -135,8 +147,12 @@ class TrainBatches:
         users = users[row_ids.start : row_ids.stop]
         shape = (len(row_ids), length)
         batch = {k: np.zeros(shape, np.int32) for k in ("inputs_BxL", "positives_BxL", "negatives_BxL")}
-        batch["inputs_BxL"][: len(users)] = left_pad([self.train_seqs[u][:-1] for u in users], length)
-        batch["positives_BxL"][: len(users)] = left_pad([self.train_seqs[u][1:] for u in users], length)
+        if self.whole_sequence:
+            batch["inputs_BxL"][: len(users)] = left_pad([self.train_seqs[u] for u in users], length)
+            batch["positives_BxL"][: len(users)] = batch["inputs_BxL"][: len(users)]
+        else:
+            batch["inputs_BxL"][: len(users)] = left_pad([self.train_seqs[u][:-1] for u in users], length)
+            batch["positives_BxL"][: len(users)] = left_pad([self.train_seqs[u][1:] for u in users], length)
         if self.user_table is not None:
             batch["user_BxF"] = np.zeros((len(row_ids), self.user_table.shape[1]), np.int32)
             batch["user_BxF"][: len(users)] = self.user_table[users]

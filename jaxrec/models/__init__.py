@@ -34,6 +34,11 @@ def uses_user_inputs(model) -> bool:
     return bool(getattr(model, "uses_user_inputs", False))
 
 
+def trains_on_whole_sequence(model) -> bool:
+    """Whether the model builds its own targets from the training items (TrainBatches' whole_sequence)."""
+    return bool(getattr(model, "trains_on_whole_sequence", False))
+
+
 __all__ = [
     "BST",
     "DIN",
@@ -49,6 +54,7 @@ __all__ = [
     "SASRec",
     "YoutubeDNN",
     "build_model",
+    "trains_on_whole_sequence",
     "uses_user_inputs",
     "vocab_rows",
 ]

@@ -43,6 +43,9 @@ class BERT4Rec(nn.Module):
     config: ModelConfig
     num_items: int
 
+    # The cloze masks the training items themselves: batches hold the whole sequence, first item included.
+    trains_on_whole_sequence = True
+
     @property
     def mask_token(self) -> int:
         return self.num_items + 1
@@ -98,7 +101,8 @@ class BERT4Rec(nn.Module):
     def training_batch(batch, key, config: ModelConfig, num_items: int):
         """Cloze task: mask each non-padding item with probability mask_prob; targets only there.
 
-        The sequence is the pipeline's `positives_BxL` (the user's last L training items).
+        The sequence is the pipeline's `positives_BxL`: the user's last L training items, the first one
+        included (TrainBatches with whole_sequence, which the trainer asks for: trains_on_whole_sequence).
         """
         items_BxL = batch["positives_BxL"]
         masked_BxL = jax.random.bernoulli(key, config.mask_prob, items_BxL.shape) & (items_BxL > 0)
