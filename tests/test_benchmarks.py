@@ -102,3 +102,27 @@ def test_pinnerformer_table_harness_smoke(tmp_path):
     assert [r["row"] for r in rebuilt] == ["popularity"]
     kept = {r["row"]: r for r in json.loads((out / "table.json").read_text())}
     assert list(kept) == ["popularity", "in_batch_logq"] and kept["in_batch_logq"] == rows["in_batch_logq"]
+
+
+def test_split_stats_counts_cold_targets_and_both_target_layouts(tmp_path):
+    from benchmarks import split_stats
+    from jaxrec.data.splits import LeaveOneOutSplit
+
+    split = LeaveOneOutSplit(
+        train=[np.array([1, 2, 3]), np.array([2, 3]), np.array([4])],  # item 5 never trains
+        valid_target=np.array([2, 5, 0], np.int32),
+        test_target=np.array([5, 5, 0], np.int32),
+        num_items=5,
+    )
+    stats = split_stats.target_stats(split, max_len=2)
+    assert (
+        stats["valid_targets"] == 2 and stats["valid_unseen_in_train"] == 0.5 and stats["test_unseen_in_train"] == 1.0
+    )
+    assert stats["valid_under_5_in_train"] == 1.0  # item 2 trains twice
+    # Users with two or more training items: pairs 2 + 1 (clipped to max_len 2), whole sequences 2 + 2.
+    assert stats["pair_targets"] == 3 and stats["whole_sequence_targets"] == 4
+    out = tmp_path / "stats.jsonl"
+    records = split_stats.main(
+        ["--datasets", "synthetic", "--max-len", "16", "--synthetic-users", "50", "--out", str(out)]
+    )
+    assert records[0]["pair_targets"] < records[0]["whole_sequence_targets"] and out.read_text().count("\n") == 1
