@@ -53,6 +53,10 @@ class ModelConfig:
     # "normal" = gSASRec-pytorch (torch's nn.Embedding: N(0, 1) tables, no scaling)
     embedding_init: str = "xavier"
     mask_prob: float = 0.2  # bert4rec: probability that the cloze task masks an item
+    # sasrec, bert4rec: rows of the position table. "from_end" counts back from the newest item (SASRec's and
+    # BERT4Rec's code: left-padded windows); "from_start" counts from a history's first item (Klenitskiy &
+    # Vasilev's code: right-padded batches). They differ only for histories shorter than max_len.
+    positions: str = "from_end"
     loss: str = "bce"  # training loss: bce | bpr | ce | ce_chunked | gbce | sampled (see jaxrec/losses.py)
     num_negatives: int = 256  # gbce, sampled: negatives per step, shared by every position of the batch
     gbce_t: float = 0.75  # gbce: calibration parameter t (0 = plain BCE with num_negatives)
@@ -321,6 +325,11 @@ def validate(cfg: Config) -> None:
             "model.embedding_init=normal is only implemented for sasrec",
         ),
         (0.0 < cfg.model.mask_prob < 1.0, "model.mask_prob must be in (0, 1)"),
+        (cfg.model.positions in ("from_end", "from_start"), "model.positions must be from_end or from_start"),
+        (
+            cfg.model.positions == "from_end" or cfg.model.name in ("sasrec", "bert4rec"),
+            "model.positions=from_start is only implemented for sasrec and bert4rec",
+        ),
         (
             cfg.model.name != "bert4rec" or cfg.model.loss not in ("bce", "bpr"),
             "bert4rec trains with ce, ce_chunked, gbce or sampled",

@@ -54,11 +54,13 @@ def test_bad_overrides_name_the_problem(assignment, message):
         ("mesh.cpu_devices=-1", "mesh.cpu_devices must be >= 0"),
         ("model.embedding_init=glorot", "model.embedding_init must be xavier or normal"),
         ("model.gbce_negatives=user", "model.gbce_negatives must be batch or position"),
+        ("model.positions=absolute", "model.positions must be from_end or from_start"),
+        ("model.name=gru4rec model.positions=from_start", "only implemented for sasrec and bert4rec"),
     ],
 )
 def test_validate_rejects_bad_values(assignment, message):
     with pytest.raises(ConfigError, match=message):
-        config_lib.validate(config_lib.apply_overrides(Config(), [assignment]))
+        config_lib.validate(config_lib.apply_overrides(Config(), assignment.split()))
 
 
 def test_round_trip_through_dict():

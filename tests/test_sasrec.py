@@ -90,6 +90,32 @@ def test_shorter_bucket_computes_the_same_as_full_length():
     np.testing.assert_allclose(h_full[:, -6:], h_short, atol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["sasrec", "bert4rec"])
+@pytest.mark.parametrize("positions", ["from_end", "from_start"])
+def test_positions_use_the_rows_of_their_mode_whatever_the_padding(name, positions):
+    from jaxrec.models.sasrec import position_rows
+
+    cfg = dataclasses.replace(CFG, name=name, positions=positions)
+    model, params = _init(cfg)
+    n = 5  # a history shorter than max_len, left padded to two bucket lengths
+    items = jnp.asarray(np.random.default_rng(3).integers(1, NUM_ITEMS + 1, size=(1, n)), jnp.int32)
+    used = set(range(n)) if positions == "from_start" else set(range(cfg.max_len - n, cfg.max_len))
+    outputs = []
+    for length in (8, cfg.max_len):
+        ids = jnp.pad(items, ((0, 0), (length - n, 0)))
+        rows = np.asarray(position_rows(ids > 0, cfg.max_len, positions))
+        assert set(rows[0, length - n :].tolist()) == used
+
+        def real_slots(pos, ids=ids):
+            h, _ = model.apply({"params": {**params, "position_embedding": pos}}, ids, deterministic=True)
+            return h[0, -n:], _probe(h[0, -n:].sum(0))
+
+        grad = np.asarray(jax.grad(lambda pos: real_slots(pos)[1])(params["position_embedding"]))
+        assert {int(r) for r in np.nonzero(np.abs(grad).sum(-1))[0]} == used  # padding slots use no row
+        outputs.append(real_slots(params["position_embedding"])[0])
+    np.testing.assert_allclose(outputs[0], outputs[1], atol=1e-5)  # buckets compute the same
+
+
 def test_unshared_output_table_is_a_separate_parameter():
     model, params = _init(dataclasses.replace(CFG, shared_output_embedding=False))
     assert "output_embedding" in params

@@ -25,7 +25,7 @@ from jaxrec.config import ModelConfig, attention_dropout_rate
 from jaxrec.layers.attention import causal_padding_mask
 from jaxrec.layers.dropout import Dropout
 from jaxrec.layers.transformer import SelfAttention, dense_init, layer_norm
-from jaxrec.models.sasrec import embed_init, vocab_rows
+from jaxrec.models.sasrec import embed_init, position_rows, vocab_rows
 
 
 class _FeedForward(nn.Module):
@@ -76,7 +76,8 @@ class BERT4Rec(nn.Module):
         if length > cfg.max_len:
             raise ValueError(f"history length {length} exceeds model.max_len={cfg.max_len}")
         valid_BxL = item_ids_BxL > 0
-        x = self.item_embedding[item_ids_BxL] + self.position_embedding[cfg.max_len - length :][None]
+        positions_BxL = position_rows(valid_BxL, cfg.max_len, cfg.positions)
+        x = self.item_embedding[item_ids_BxL] + self.position_embedding[positions_BxL]
         x = self.embed_dropout(self.embed_norm(x), deterministic=deterministic)
         mask_BxLxL = causal_padding_mask(valid_BxL, causal=False)
         for attn, attn_drop, attn_norm, ffn, ffn_norm in zip(

@@ -30,6 +30,20 @@ def vocab_rows(num_items: int, multiple: int = 128) -> int:
     return -(-(num_items + 1) // multiple) * multiple
 
 
+def position_rows(valid_BxL, max_len: int, mode: str = "from_end"):
+    """Row of the position table for each slot of a left-padded window (1xL or BxL).
+
+    "from_end": the newest item takes row max_len - 1 and earlier ones count back (SASRec's and
+    BERT4Rec's code, whose windows are left padded). "from_start": a history's first item takes row 0
+    (Klenitskiy & Vasilev's right-padded batches); padding slots take row 0 too, and are masked.
+    Either way a slot's row does not depend on how much padding precedes the history.
+    """
+    length = valid_BxL.shape[1]
+    if mode == "from_end":
+        return jnp.arange(max_len - length, max_len)[None]
+    return jnp.maximum(jnp.cumsum(valid_BxL, axis=1, dtype=jnp.int32) - 1, 0)
+
+
 class SASRec(nn.Module):
     config: ModelConfig
     num_items: int
@@ -55,8 +69,8 @@ class SASRec(nn.Module):
     def encode(self, item_ids_BxL, *, deterministic: bool = True, last_only: bool = False):
         """Hidden state after each position of the history: BxLxD (zeros at padding).
 
-        L may be shorter than max_len (length buckets): positions are aligned to the end, so a
-        bucketed batch computes exactly what the same batch padded to max_len would.
+        L may be shorter than max_len (length buckets): positions do not depend on the padding
+        (`position_rows`), so a bucketed batch computes exactly what the same batch padded to max_len would.
         With `last_only` (inference), returns Bx1xD for the newest position: the last block then
         computes one query row instead of L (its keys and values still cover the history).
         """
@@ -68,7 +82,7 @@ class SASRec(nn.Module):
         keep_BxLx1 = valid_BxL[..., None].astype(jnp.float32)
         scale = 1.0 if cfg.embedding_init == "normal" else cfg.hidden**0.5
         x = self.item_embedding[item_ids_BxL] * scale
-        x = x + self.position_embedding[cfg.max_len - length :][None]
+        x = x + self.position_embedding[position_rows(valid_BxL, cfg.max_len, cfg.positions)]
         x = self.embed_dropout(x, deterministic=deterministic) * keep_BxLx1
         mask_BxLxL = causal_padding_mask(valid_BxL, causal=True)
         blocks = list(zip(self.attention_norms, self.attentions, self.ffn_norms, self.ffns))
