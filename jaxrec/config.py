@@ -53,6 +53,9 @@ class ModelConfig:
     # "normal" = gSASRec-pytorch (torch's nn.Embedding: N(0, 1) tables, no scaling)
     embedding_init: str = "xavier"
     mask_prob: float = 0.2  # bert4rec: probability that the cloze task masks an item
+    # bert4rec: the paper's output head (dense -> GELU -> LayerNorm, per-item bias); false = Klenitskiy &
+    # Vasilev's (Hugging Face BertModel: the last block's states scored straight against the item embedding)
+    output_head: bool = True
     # sasrec, bert4rec: rows of the position table. "from_end" counts back from the newest item (SASRec's and
     # BERT4Rec's code: left-padded windows); "from_start" counts from a history's first item (Klenitskiy &
     # Vasilev's code: right-padded batches). They differ only for histories shorter than max_len.
@@ -326,6 +329,7 @@ def validate(cfg: Config) -> None:
         ),
         (0.0 < cfg.model.mask_prob < 1.0, "model.mask_prob must be in (0, 1)"),
         (cfg.model.positions in ("from_end", "from_start"), "model.positions must be from_end or from_start"),
+        (cfg.model.output_head or cfg.model.name == "bert4rec", "model.output_head=false is only for bert4rec"),
         (
             cfg.model.positions == "from_end" or cfg.model.name in ("sasrec", "bert4rec"),
             "model.positions=from_start is only implemented for sasrec and bert4rec",

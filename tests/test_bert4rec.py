@@ -72,10 +72,10 @@ def test_inference_appends_mask_and_last_only_matches_full_pass():
 
 
 @pytest.mark.slow  # moved out of the default run (its ~10-minute budget); .ci/run runs it
-def test_bert4rec_trains_end_to_end_on_synthetic_data(tiny_config, tmp_path):
-    cfg = replace(
-        tiny_config, model=dict(name="bert4rec", loss="ce_chunked", ce_chunk=64, num_heads=2), train=dict(num_epochs=2)
-    )
+@pytest.mark.parametrize("variant", [{}, {"output_head": False, "positions": "from_start"}])  # the paper's; K&V's
+def test_bert4rec_trains_end_to_end_on_synthetic_data(tiny_config, tmp_path, variant):
+    model = dict(name="bert4rec", loss="ce_chunked", ce_chunk=64, num_heads=2, **variant)
+    cfg = replace(tiny_config, model=model, train=dict(num_epochs=2))
     metrics = trainer.run(cfg, tmp_path / "run")
     assert 0.0 < metrics["test/ndcg@10_full"] <= 1.0
     assert dataclasses.asdict(cfg.model)["name"] == "bert4rec"
@@ -86,3 +86,18 @@ def test_bert4rec_asks_for_whole_sequences_and_sasrec_for_pairs():
 
     assert trains_on_whole_sequence(build_model(CFG, NUM_ITEMS))
     assert not trains_on_whole_sequence(build_model(dataclasses.replace(CFG, name="sasrec"), NUM_ITEMS))
+
+
+def test_without_output_head_states_score_straight_against_the_item_embedding():
+    # Klenitskiy & Vasilev's BERT4Rec: no dense -> GELU -> LayerNorm head, no per-item bias.
+    cfg = dataclasses.replace(CFG, output_head=False)
+    model, params = _init(cfg)
+    assert not {"head_dense", "head_norm", "output_bias"} & set(params)
+    ids = jnp.asarray(np.random.default_rng(2).integers(1, NUM_ITEMS + 1, (2, cfg.max_len)), jnp.int32)
+    h, table = model.apply({"params": params}, ids, deterministic=True)
+    assert h.shape == (2, cfg.max_len, cfg.hidden)
+    np.testing.assert_array_equal(table, params["item_embedding"])
+    with_head, head_params = _init(CFG)
+    assert with_head.apply({"params": head_params}, ids, deterministic=True)[0].shape[-1] == CFG.hidden + 1
+    last, _ = model.apply({"params": params}, ids, deterministic=True, last_only=True)
+    np.testing.assert_allclose(last[:, 0], h[:, -1], atol=1e-5)

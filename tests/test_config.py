@@ -56,6 +56,7 @@ def test_bad_overrides_name_the_problem(assignment, message):
         ("model.gbce_negatives=user", "model.gbce_negatives must be batch or position"),
         ("model.positions=absolute", "model.positions must be from_end or from_start"),
         ("model.name=gru4rec model.positions=from_start", "only implemented for sasrec and bert4rec"),
+        ("model.output_head=false", "model.output_head=false is only for bert4rec"),
     ],
 )
 def test_validate_rejects_bad_values(assignment, message):

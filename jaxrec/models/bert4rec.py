@@ -12,7 +12,8 @@ appends a [MASK] to the history and reads its output.
 
 The per-item output bias is folded into the scores by returning h with an extra constant
 column and the table with the bias as an extra column, so every loss and evaluation that
-takes (h, table) serves BERT4Rec unchanged.
+takes (h, table) serves BERT4Rec unchanged. `model.output_head=false` drops the head and the bias
+(Klenitskiy & Vasilev's BERT4Rec): the last block's states are scored against the item embedding.
 """
 
 from __future__ import annotations
@@ -54,7 +55,8 @@ class BERT4Rec(nn.Module):
         cfg = self.config
         rows = vocab_rows(self.num_items + 1)  # room for the [MASK] row
         self.item_embedding = self.param("item_embedding", embed_init, (rows, cfg.hidden))
-        self.output_bias = self.param("output_bias", nn.initializers.zeros, (rows,))
+        if cfg.output_head:
+            self.output_bias = self.param("output_bias", nn.initializers.zeros, (rows,))
         self.position_embedding = self.param("position_embedding", embed_init, (cfg.max_len, cfg.hidden))
         self.embed_norm = layer_norm("embed_norm")
         self.embed_dropout = Dropout(cfg.dropout)
@@ -70,7 +72,7 @@ class BERT4Rec(nn.Module):
         self.head_norm = layer_norm("head_norm")
 
     def encode(self, item_ids_BxL, *, deterministic: bool = True, last_only: bool = False):
-        """Output-head states, with a trailing constant 1 column for the bias: BxLx(D+1)."""
+        """Output-head states, with a trailing constant 1 column for the bias: BxLx(D+1) (BxLxD without the head)."""
         cfg = self.config
         length = item_ids_BxL.shape[1]
         if length > cfg.max_len:
@@ -88,11 +90,15 @@ class BERT4Rec(nn.Module):
             x = ffn_norm(x + ffn(x, deterministic=deterministic))
         if last_only:
             x = x[:, -1:]
+        if not cfg.output_head:
+            return x
         h = self.head_norm(nn.gelu(self.head_dense(x)))
         return jnp.concatenate([h, jnp.ones(h.shape[:-1] + (1,), h.dtype)], axis=-1)
 
     def output_table(self):
-        """Vx(D+1): the shared item embedding with the output bias as its last column."""
+        """Vx(D+1): the shared item embedding with the output bias as its last column (VxD without the head)."""
+        if not self.config.output_head:
+            return self.item_embedding
         return jnp.concatenate([self.item_embedding, self.output_bias[:, None]], axis=-1)
 
     def __call__(self, item_ids_BxL, *, deterministic: bool = True, last_only: bool = False):
