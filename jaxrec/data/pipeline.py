@@ -4,11 +4,11 @@ Batch keys (all int32):
   inputs_BxL     item history, left padded with 0
   positives_BxL  next item at each position (0 = no target: padding)
   negatives_BxL  one item per position drawn uniformly from items outside the user's training history
+  user_BxF       only with `user_table` (models with per-user inputs, e.g. MF): the users' rows of it
+                 (`jaxrec.data.datasets.user_inputs`: column 0 = user id + 1, 0 on padding rows)
 
 With `whole_sequence` (models that build their own targets from the sequence, e.g. BERT4Rec's cloze)
 `inputs_BxL` and `positives_BxL` both hold the user's last L training items, the first one included.
-  user_BxF       only with `user_table` (models with per-user inputs, e.g. MF): the users' rows of it
-                 (`jaxrec.data.datasets.user_inputs`: column 0 = user id + 1, 0 on padding rows)
 
 Batches are padded to one of a few static lengths ("length buckets"), each compiled once: users
 are grouped by history length so a batch of short histories is not padded to max_len. Because
@@ -78,9 +78,9 @@ class TrainBatches:
     """Random-access plan of training batches, one sequence per user per epoch.
 
     By default SASRec-style (input, next item) pairs. `whole_sequence`: the training items themselves
-    (input = target = the last L items), so a sequence of n items fills n positions, not n - 1: on short
-    histories (Amazon Beauty's median is 6 interactions, 4 of them for training) the pairs would drop a
-    quarter of the cloze's targets and never show the first item.
+    (input = target = the last L items), so a sequence of n items fills n positions, not n - 1. On short
+    histories (Amazon Beauty's median user has 4 training items) the pairs would drop 15% of the cloze's
+    targets and never show a user's first item (`benchmarks/split_stats.py`).
     """
 
     def __init__(
