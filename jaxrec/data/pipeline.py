@@ -11,9 +11,10 @@ With `whole_sequence` (models that build their own targets from the sequence, e.
 `inputs_BxL` and `positives_BxL` both hold the user's last L training items, the first one included.
 
 Batches are padded to one of a few static lengths ("length buckets"), each compiled once: users
-are grouped by history length so a batch of short histories is not padded to max_len. Because
-positions are aligned to the end of the window (see SASRec.encode), a bucketed batch computes
-what the same batch padded to max_len would; only the grouping of users into batches changes.
+are grouped by history length so a batch of short histories is not padded to max_len. Because a
+slot's position does not depend on the padding before it (`jaxrec.models.sasrec.position_rows`), a
+bucketed batch computes what the same batch padded to max_len would; only the grouping of users into
+batches changes.
 Every batch is a pure function of (seed, step), so training resumes with the same data order.
 """
 
