@@ -26,7 +26,7 @@ from jaxrec.config import ModelConfig, attention_dropout_rate
 from jaxrec.layers.attention import causal_padding_mask
 from jaxrec.layers.dropout import Dropout
 from jaxrec.layers.transformer import SelfAttention, dense_init, layer_norm
-from jaxrec.models.sasrec import embed_init, position_rows, vocab_rows
+from jaxrec.models.sasrec import embed_init, position_embeddings, vocab_rows
 
 
 class _FeedForward(nn.Module):
@@ -78,8 +78,7 @@ class BERT4Rec(nn.Module):
         if length > cfg.max_len:
             raise ValueError(f"history length {length} exceeds model.max_len={cfg.max_len}")
         valid_BxL = item_ids_BxL > 0
-        positions_BxL = position_rows(valid_BxL, cfg.max_len, cfg.positions)
-        x = self.item_embedding[item_ids_BxL] + self.position_embedding[positions_BxL]
+        x = self.item_embedding[item_ids_BxL] + position_embeddings(self.position_embedding, valid_BxL, cfg.positions)
         x = self.embed_dropout(self.embed_norm(x), deterministic=deterministic)
         mask_BxLxL = causal_padding_mask(valid_BxL, causal=False)
         for attn, attn_drop, attn_norm, ffn, ffn_norm in zip(

@@ -44,6 +44,16 @@ def position_rows(valid_BxL, max_len: int, mode: str = "from_end"):
     return jnp.maximum(jnp.cumsum(valid_BxL, axis=1, dtype=jnp.int32) - 1, 0)
 
 
+def position_embeddings(table_PxD, valid_BxL, mode: str = "from_end"):
+    """The position table's rows for each slot (1xLxD or BxLxD), as `position_rows` numbers them.
+
+    "from_end" is a static slice of the table (no gather in the step, nor a scatter in its gradient).
+    """
+    if mode == "from_end":
+        return table_PxD[table_PxD.shape[0] - valid_BxL.shape[1] :][None]
+    return table_PxD[position_rows(valid_BxL, table_PxD.shape[0], mode)]
+
+
 class SASRec(nn.Module):
     config: ModelConfig
     num_items: int
@@ -70,7 +80,7 @@ class SASRec(nn.Module):
         """Hidden state after each position of the history: BxLxD (zeros at padding).
 
         L may be shorter than max_len (length buckets): positions do not depend on the padding
-        (`position_rows`), so a bucketed batch computes exactly what the same batch padded to max_len would.
+        (`position_embeddings`), so a bucketed batch computes exactly what the same batch padded to max_len would.
         With `last_only` (inference), returns Bx1xD for the newest position: the last block then
         computes one query row instead of L (its keys and values still cover the history).
         """
@@ -82,7 +92,7 @@ class SASRec(nn.Module):
         keep_BxLx1 = valid_BxL[..., None].astype(jnp.float32)
         scale = 1.0 if cfg.embedding_init == "normal" else cfg.hidden**0.5
         x = self.item_embedding[item_ids_BxL] * scale
-        x = x + self.position_embedding[position_rows(valid_BxL, cfg.max_len, cfg.positions)]
+        x = x + position_embeddings(self.position_embedding, valid_BxL, cfg.positions)
         x = self.embed_dropout(x, deterministic=deterministic) * keep_BxLx1
         mask_BxLxL = causal_padding_mask(valid_BxL, causal=True)
         blocks = list(zip(self.attention_norms, self.attentions, self.ffn_norms, self.ffns))
