@@ -23,6 +23,7 @@ sys.path.insert(0, str(REPO))  # run as a script: `benchmarks` and `jaxrec` must
 from benchmarks import bench_common as common  # noqa: E402
 from jaxrec.config import DataConfig  # noqa: E402
 from jaxrec.data.datasets import load_dataset  # noqa: E402
+from jaxrec.data.pipeline import TrainBatches  # noqa: E402
 from jaxrec.data.splits import leave_one_out  # noqa: E402
 
 
@@ -34,10 +35,14 @@ def target_stats(split, max_len: int, rare: int = 5) -> dict:
         out[f"{name}_targets"] = int(len(items))
         out[f"{name}_unseen_in_train"] = float((counts_V[items] == 0).mean())
         out[f"{name}_under_{rare}_in_train"] = float((counts_V[items] < rare).mean())
-    lengths = np.array([len(s) for s in split.train if len(s) >= 2])
-    out["train_median_length"] = float(np.median(lengths))
-    out["pair_targets"] = int(np.minimum(lengths - 1, max_len).sum())
-    out["whole_sequence_targets"] = int(np.minimum(lengths, max_len).sum())
+    # The training pipeline's own counts, so these are the targets a model really gets.
+    pairs, whole = (
+        TrainBatches(split.train, split.num_items, max_len, 1, (max_len,), 0, whole_sequence=whole_sequence)
+        for whole_sequence in (False, True)
+    )
+    out["train_median_length"] = float(np.median([len(split.train[u]) for u in pairs.users]))
+    out["pair_targets"] = pairs.target_positions
+    out["whole_sequence_targets"] = whole.target_positions
     return out
 
 

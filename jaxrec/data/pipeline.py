@@ -113,9 +113,10 @@ class TrainBatches:
         self.user_bucket = bucket_of(target_lengths, buckets)
         counts = np.bincount(self.user_bucket, minlength=len(buckets))
         self.steps_per_epoch = int(sum(-(-c // batch_size) for c in counts))
+        self.target_positions = int(target_lengths.clip(max=max_len).sum())  # an epoch's positions with a target
         # What a batch of random users holds on average: the normaliser of train.loss_normalizer=epoch.
-        self.mean_positions_per_batch = float(batch_size * target_lengths.clip(max=max_len).mean())
-        self.padding_fraction = 1.0 - target_lengths.clip(max=max_len).sum() / float(
+        self.mean_positions_per_batch = float(batch_size * self.target_positions / len(self.users))
+        self.padding_fraction = 1.0 - self.target_positions / float(
             sum(counts[b] * buckets[b] for b in range(len(buckets)))
         )
 
