@@ -53,7 +53,11 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--out", default="")
     parser.add_argument("--synthetic-users", type=int, default=0, help="only for data.name=synthetic (tests)")
     args = parser.parse_args(argv)
-    names, lengths = args.datasets.split(","), [int(x) for x in args.max_len.split(",")]
+    names = args.datasets.split(",")
+    try:
+        lengths = [int(x) for x in args.max_len.split(",")]
+    except ValueError:
+        raise SystemExit(f"--max-len takes integers, one per dataset; got {args.max_len!r}") from None
     if len(names) != len(lengths):
         raise SystemExit(f"--max-len needs one value per dataset: {len(names)} datasets, {len(lengths)} lengths")
     records = []

@@ -126,3 +126,6 @@ def test_split_stats_counts_cold_targets_and_both_target_layouts(tmp_path):
         ["--datasets", "synthetic", "--max-len", "16", "--synthetic-users", "50", "--out", str(out)]
     )
     assert records[0]["pair_targets"] < records[0]["whole_sequence_targets"] and out.read_text().count("\n") == 1
+    for bad, message in (("16,50", "one value per dataset"), ("long", "--max-len takes integers")):
+        with pytest.raises(SystemExit, match=message):
+            split_stats.main(["--datasets", "synthetic", "--max-len", bad])
