@@ -50,7 +50,8 @@ class ModelConfig:
     attention: str = "auto"  # auto|reference|xla|causal_blocked|cudnn|{cudnn_padded,pallas_flash,padded}[_causal]
     shared_output_embedding: bool = True  # False: a separate output item table (SASRec ablation)
     # sasrec: "xavier" = SASRec's TF code (Xavier-uniform tables, items scaled by sqrt(hidden));
-    # "normal" = gSASRec-pytorch (torch's nn.Embedding: N(0, 1) tables, no scaling)
+    # "normal" = gSASRec-pytorch (torch's nn.Embedding: N(0, 1) tables, no scaling); "small_normal" =
+    # Klenitskiy & Vasilev's SASRec (every table and dense kernel N(0, 0.02), items scaled by sqrt(hidden))
     embedding_init: str = "xavier"
     mask_prob: float = 0.2  # bert4rec: probability that the cloze task masks an item
     # bert4rec: the paper's output head (dense -> GELU -> LayerNorm, per-item bias); false = Klenitskiy &
@@ -322,10 +323,13 @@ def validate(cfg: Config) -> None:
             "model.attention_dropout must be -1 or in [0, 1)",
         ),
         (cfg.model.loss in LOSSES, f"model.loss must be one of {', '.join(LOSSES)}"),
-        (cfg.model.embedding_init in ("xavier", "normal"), "model.embedding_init must be xavier or normal"),
+        (
+            cfg.model.embedding_init in ("xavier", "normal", "small_normal"),
+            "model.embedding_init must be xavier, normal or small_normal",
+        ),
         (
             cfg.model.embedding_init == "xavier" or cfg.model.name == "sasrec",
-            "model.embedding_init=normal is only implemented for sasrec",
+            f"model.embedding_init={cfg.model.embedding_init} is only implemented for sasrec",
         ),
         (0.0 < cfg.model.mask_prob < 1.0, "model.mask_prob must be in (0, 1)"),
         (cfg.model.positions in ("from_end", "from_start"), "model.positions must be from_end or from_start"),

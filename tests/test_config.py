@@ -52,7 +52,7 @@ def test_bad_overrides_name_the_problem(assignment, message):
         ("eval.select_metric=valid/ndcg@3_full", "is not computed"),
         ("train.loss_normalizer=tokens", "train.loss_normalizer must be batch or epoch"),
         ("mesh.cpu_devices=-1", "mesh.cpu_devices must be >= 0"),
-        ("model.embedding_init=glorot", "model.embedding_init must be xavier or normal"),
+        ("model.embedding_init=glorot", "model.embedding_init must be xavier, normal or small_normal"),
         ("model.gbce_negatives=user", "model.gbce_negatives must be batch or position"),
         ("model.positions=absolute", "model.positions must be from_end or from_start"),
         ("model.name=gru4rec model.positions=from_start", "only implemented for sasrec and bert4rec"),
@@ -81,7 +81,8 @@ def test_every_config_file_loads_and_validates(path):
     config_lib.validate(cfg)
 
 
-def test_normal_embedding_init_is_refused_for_models_without_it():
-    cfg = config_lib.apply_overrides(Config(), ["model.name=bert4rec", "model.loss=ce", "model.embedding_init=normal"])
-    with pytest.raises(ConfigError, match="model.embedding_init=normal is only implemented for sasrec"):
+@pytest.mark.parametrize("init", ["normal", "small_normal"])
+def test_non_default_embedding_init_is_refused_for_models_without_it(init):
+    cfg = config_lib.apply_overrides(Config(), ["model.name=bert4rec", "model.loss=ce", f"model.embedding_init={init}"])
+    with pytest.raises(ConfigError, match=f"model.embedding_init={init} is only implemented for sasrec"):
         config_lib.validate(cfg)

@@ -139,6 +139,28 @@ def test_normal_embedding_init_is_unit_variance_and_unscaled():
     np.testing.assert_allclose(h_normal, h_xavier, rtol=1e-5, atol=1e-5)
 
 
+def test_small_normal_init_sets_every_table_and_kernel_to_std_002_and_keeps_item_scaling():
+    """embedding_init=small_normal (Klenitskiy & Vasilev's SASRec): N(0, 0.02) tables and dense kernels."""
+    cfg = dataclasses.replace(CFG, hidden=64, num_heads=1, embedding_init="small_normal")
+    model, params = _init(cfg)
+    xavier_model, xavier_params = _init(dataclasses.replace(cfg, embedding_init="xavier"))
+    kernels = {
+        "/".join(str(k.key) for k in path): leaf
+        for path, leaf in jax.tree_util.tree_leaves_with_path(params)
+        if path[-1].key in ("kernel", "item_embedding", "position_embedding")
+    }
+    assert len(kernels) == 2 + cfg.num_blocks * 5  # tables, q/k/v and two feed-forward kernels per block
+    for name, leaf in kernels.items():
+        assert 0.017 < float(jnp.std(leaf)) < 0.023, name
+    # Xavier's kernels are wider (64x64: std 0.125), so the test tells the two apart.
+    assert float(jnp.std(xavier_params["attention_0"]["query"]["kernel"])) > 0.1
+    # Items are still multiplied by sqrt(D): the xavier model on the same parameters computes the same output.
+    ids = _histories(cfg.max_len)
+    h_small, _ = model.apply({"params": params}, ids, deterministic=True)
+    h_xavier, _ = xavier_model.apply({"params": params}, ids, deterministic=True)
+    np.testing.assert_allclose(h_small, h_xavier, rtol=1e-6, atol=1e-6)
+
+
 def test_dropout_active_only_in_training():
     model, params = _init()
     ids = _histories(CFG.max_len)

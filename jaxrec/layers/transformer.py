@@ -11,6 +11,8 @@ from jaxrec.layers.attention import attention
 from jaxrec.layers.dropout import Dropout
 
 dense_init = nn.initializers.xavier_uniform()
+# Hugging Face's initializer_range, which Klenitskiy & Vasilev's SASRec applies to every layer.
+small_normal_init = nn.initializers.normal(stddev=0.02)
 
 
 class SelfAttention(nn.Module):
@@ -19,6 +21,7 @@ class SelfAttention(nn.Module):
     num_heads: int
     dropout: float
     implementation: str = "auto"
+    kernel_init: nn.initializers.Initializer = dense_init
 
     @nn.compact
     def __call__(self, queries_BxLxD, keys_BxLxD, mask_BxLxL, *, deterministic: bool, bias_BxHxLxL=None):
@@ -26,7 +29,7 @@ class SelfAttention(nn.Module):
         head_dim = hidden // self.num_heads
 
         def project(x, name):
-            y = nn.Dense(hidden, kernel_init=dense_init, name=name)(x)
+            y = nn.Dense(hidden, kernel_init=self.kernel_init, name=name)(x)
             return y.reshape(batch, -1, self.num_heads, head_dim)
 
         q = project(queries_BxLxD, "query")
@@ -50,13 +53,14 @@ class PointWiseFeedForward(nn.Module):
     """Two position-wise dense layers (SASRec's Conv1D with kernel 1), ReLU, dropout, residual."""
 
     dropout: float
+    kernel_init: nn.initializers.Initializer = dense_init
 
     @nn.compact
     def __call__(self, x_BxLxD, *, deterministic: bool):
         hidden = x_BxLxD.shape[-1]
-        y = nn.Dense(hidden, kernel_init=dense_init, name="dense_in")(x_BxLxD)
+        y = nn.Dense(hidden, kernel_init=self.kernel_init, name="dense_in")(x_BxLxD)
         y = Dropout(self.dropout)(nn.relu(y), deterministic=deterministic)
-        y = nn.Dense(hidden, kernel_init=dense_init, name="dense_out")(y)
+        y = nn.Dense(hidden, kernel_init=self.kernel_init, name="dense_out")(y)
         y = Dropout(self.dropout)(y, deterministic=deterministic)
         return x_BxLxD + y
 

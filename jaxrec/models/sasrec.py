@@ -7,7 +7,8 @@ positions, embedding dropout, `num_blocks` blocks of [LayerNorm -> causal self-a
 residual onto the normalised queries -> LayerNorm -> point-wise feed-forward with residual],
 padding rows zeroed after every block, and a final LayerNorm. Scores are dot products with the
 input item table (shared), or with a separate output table (the paper's ablation).
-`model.embedding_init=normal` starts the tables as gSASRec-pytorch does (N(0, 1), items unscaled).
+`model.embedding_init=normal` starts the tables as gSASRec-pytorch does (N(0, 1), items unscaled);
+`small_normal` starts every table and dense kernel at N(0, 0.02), as Klenitskiy & Vasilev's SASRec (items scaled).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import jax.numpy as jnp
 from jaxrec.config import ModelConfig, attention_dropout_rate
 from jaxrec.layers.attention import causal_padding_mask
 from jaxrec.layers.dropout import Dropout
-from jaxrec.layers.transformer import PointWiseFeedForward, SelfAttention, layer_norm
+from jaxrec.layers.transformer import PointWiseFeedForward, SelfAttention, dense_init, layer_norm, small_normal_init
 
 embed_init = nn.initializers.xavier_uniform()
 # gSASRec-pytorch's tables (torch's nn.Embedding default), used unscaled.
@@ -61,7 +62,8 @@ class SASRec(nn.Module):
     def setup(self):
         cfg = self.config
         rows = vocab_rows(self.num_items)
-        init = torch_embed_init if cfg.embedding_init == "normal" else embed_init
+        init = {"normal": torch_embed_init, "small_normal": small_normal_init}.get(cfg.embedding_init, embed_init)
+        kernel_init = small_normal_init if cfg.embedding_init == "small_normal" else dense_init
         self.item_embedding = self.param("item_embedding", init, (rows, cfg.hidden))
         if not cfg.shared_output_embedding:
             self.output_embedding = self.param("output_embedding", init, (rows, cfg.hidden))
@@ -69,11 +71,13 @@ class SASRec(nn.Module):
         self.embed_dropout = Dropout(cfg.dropout)
         self.attention_norms = [layer_norm(f"attention_norm_{i}") for i in range(cfg.num_blocks)]
         self.attentions = [
-            SelfAttention(cfg.num_heads, attention_dropout_rate(cfg), cfg.attention, name=f"attention_{i}")
+            SelfAttention(
+                cfg.num_heads, attention_dropout_rate(cfg), cfg.attention, kernel_init=kernel_init, name=f"attention_{i}"
+            )
             for i in range(cfg.num_blocks)
         ]
         self.ffn_norms = [layer_norm(f"ffn_norm_{i}") for i in range(cfg.num_blocks)]
-        self.ffns = [PointWiseFeedForward(cfg.dropout, name=f"ffn_{i}") for i in range(cfg.num_blocks)]
+        self.ffns = [PointWiseFeedForward(cfg.dropout, kernel_init=kernel_init, name=f"ffn_{i}") for i in range(cfg.num_blocks)]
         self.final_norm = layer_norm("final_norm")
 
     def encode(self, item_ids_BxL, *, deterministic: bool = True, last_only: bool = False):
