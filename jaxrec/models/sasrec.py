@@ -72,12 +72,18 @@ class SASRec(nn.Module):
         self.attention_norms = [layer_norm(f"attention_norm_{i}") for i in range(cfg.num_blocks)]
         self.attentions = [
             SelfAttention(
-                cfg.num_heads, attention_dropout_rate(cfg), cfg.attention, kernel_init=kernel_init, name=f"attention_{i}"
+                cfg.num_heads,
+                attention_dropout_rate(cfg),
+                cfg.attention,
+                kernel_init=kernel_init,
+                name=f"attention_{i}",
             )
             for i in range(cfg.num_blocks)
         ]
         self.ffn_norms = [layer_norm(f"ffn_norm_{i}") for i in range(cfg.num_blocks)]
-        self.ffns = [PointWiseFeedForward(cfg.dropout, kernel_init=kernel_init, name=f"ffn_{i}") for i in range(cfg.num_blocks)]
+        self.ffns = [
+            PointWiseFeedForward(cfg.dropout, kernel_init=kernel_init, name=f"ffn_{i}") for i in range(cfg.num_blocks)
+        ]
         self.final_norm = layer_norm("final_norm")
 
     def encode(self, item_ids_BxL, *, deterministic: bool = True, last_only: bool = False):
