@@ -119,8 +119,8 @@ def test_split_stats_counts_cold_targets_and_both_target_layouts(tmp_path):
         stats["valid_targets"] == 2 and stats["valid_unseen_in_train"] == 0.5 and stats["test_unseen_in_train"] == 1.0
     )
     assert stats["valid_under_5_in_train"] == 1.0  # item 2 trains twice
-    # Users with two or more training items: pairs 2 + 1 (clipped to max_len 2), whole sequences 2 + 2.
-    assert stats["pair_targets"] == 3 and stats["whole_sequence_targets"] == 4
+    # Pairs: users with two or more training items, 2 + 1 (clipped to max_len 2); whole sequences: 2 + 2 + 1.
+    assert stats["pair_targets"] == 3 and stats["whole_sequence_targets"] == 5
     out = tmp_path / "stats.jsonl"
     records = split_stats.main(
         ["--datasets", "synthetic", "--max-len", "16", "--synthetic-users", "50", "--out", str(out)]

@@ -100,6 +100,17 @@ def test_mean_positions_per_batch_counts_target_positions_up_to_max_len():
     assert plan.mean_positions_per_batch == pytest.approx(8 * (2 + 4 + 16) / 3)
 
 
+def test_a_single_training_item_trains_as_a_whole_sequence_not_as_a_pair():
+    seqs = [np.array([3], np.int32), np.array([1, 2], np.int32)]
+    pairs = TrainBatches(seqs, 40, max_len=8, batch_size=4, buckets=(8,), seed=0)
+    whole = TrainBatches(seqs, 40, max_len=8, batch_size=4, buckets=(8,), seed=0, whole_sequence=True)
+    assert list(pairs.users) == [1] and list(whole.users) == [0, 1]
+    assert (pairs.target_positions, whole.target_positions) == (1, 3)
+    assert 3 in whole(0)["positives_BxL"]
+    with pytest.raises(ValueError, match="no user has 2 or more training interactions"):
+        TrainBatches(seqs[:1], 40, max_len=8, batch_size=4, buckets=(8,), seed=0)
+
+
 def test_whole_sequence_batches_hold_every_training_item_first_included():
     # BERT4Rec's cloze: a sequence of n items fills n positions (pairs would give n - 1 and lose the first).
     seqs = [np.arange(1, n + 1, dtype=np.int32) for n in (8, 9, 3, 30)]

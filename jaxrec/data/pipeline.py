@@ -97,9 +97,11 @@ class TrainBatches:
     ):
         self.whole_sequence = whole_sequence
         self.user_table = user_table  # (num users, F) per-user inputs, or None: no user_BxF key
-        self.users = np.array([u for u, s in enumerate(train_seqs) if len(s) >= 2], np.int64)
+        # A pair needs two items; a whole sequence trains from one (a lone item masked by the cloze).
+        min_items = 1 if whole_sequence else 2
+        self.users = np.array([u for u, s in enumerate(train_seqs) if len(s) >= min_items], np.int64)
         if len(self.users) == 0:
-            raise ValueError("no user has two or more training interactions: nothing to train on")
+            raise ValueError(f"no user has {min_items} or more training interactions: nothing to train on")
         self.train_seqs = train_seqs
         self.exclude = [np.unique(s) for s in train_seqs]
         self.num_items = num_items
