@@ -51,12 +51,16 @@ class ModelConfig:
     shared_output_embedding: bool = True  # False: a separate output item table (SASRec ablation)
     # sasrec: "xavier" = SASRec's TF code (Xavier-uniform tables, items scaled by sqrt(hidden));
     # "normal" = gSASRec-pytorch (torch's nn.Embedding: N(0, 1) tables, no scaling); "small_normal" =
-    # Klenitskiy & Vasilev's SASRec (every table and dense kernel N(0, 0.02), items scaled by sqrt(hidden))
+    # Klenitskiy & Vasilev's SASRec (every table and dense kernel N(0, 0.02), items scaled by sqrt(hidden));
+    # bert4rec takes xavier or small_normal (BERT's initializer_range 0.02, which BERT4Rec's code uses)
     embedding_init: str = "xavier"
     mask_prob: float = 0.2  # bert4rec: probability that the cloze task masks an item
     # bert4rec: the paper's output head (dense -> GELU -> LayerNorm, per-item bias); false = Klenitskiy &
     # Vasilev's (Hugging Face BertModel: the last block's states scored straight against the item embedding)
     output_head: bool = True
+    # bert4rec: a dense layer over the attention heads' outputs, as BERT (and so BERT4Rec's and K&V's code) has;
+    # off by default because the reproduction table's rows ran without it
+    attention_projection: bool = False
     # sasrec, bert4rec: rows of the position table. "from_end" counts back from the newest item (SASRec's and
     # BERT4Rec's code: left-padded windows); "from_start" counts from a history's first item (Klenitskiy &
     # Vasilev's code: right-padded batches). They differ only for histories shorter than max_len.
@@ -328,8 +332,14 @@ def validate(cfg: Config) -> None:
             "model.embedding_init must be xavier, normal or small_normal",
         ),
         (
-            cfg.model.embedding_init == "xavier" or cfg.model.name == "sasrec",
-            f"model.embedding_init={cfg.model.embedding_init} is only implemented for sasrec",
+            cfg.model.embedding_init == "xavier"
+            or cfg.model.name == "sasrec"
+            or (cfg.model.embedding_init == "small_normal" and cfg.model.name == "bert4rec"),
+            f"model.embedding_init={cfg.model.embedding_init} is not implemented for {cfg.model.name}",
+        ),
+        (
+            not cfg.model.attention_projection or cfg.model.name == "bert4rec",
+            "model.attention_projection=true is only for bert4rec",
         ),
         (0.0 < cfg.model.mask_prob < 1.0, "model.mask_prob must be in (0, 1)"),
         (cfg.model.positions in ("from_end", "from_start"), "model.positions must be from_end or from_start"),

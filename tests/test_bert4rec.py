@@ -71,8 +71,12 @@ def test_inference_appends_mask_and_last_only_matches_full_pass():
     assert table.shape[1] == CFG.hidden + 1 and np.all(np.asarray(full[..., -1]) == 1.0)
 
 
+# Klenitskiy & Vasilev's BERT4Rec (Hugging Face's BertModel): no head, right padding, BERT's projection and init.
+KV_VARIANT = dict(output_head=False, positions="from_start", attention_projection=True, embedding_init="small_normal")
+
+
 @pytest.mark.slow  # moved out of the default run (its ~10-minute budget); .ci/run runs it
-@pytest.mark.parametrize("variant", [{}, {"output_head": False, "positions": "from_start"}])  # the paper's; K&V's
+@pytest.mark.parametrize("variant", [{}, KV_VARIANT])  # the paper's; K&V's
 def test_bert4rec_trains_end_to_end_on_synthetic_data(tiny_config, tmp_path, variant):
     model = dict(name="bert4rec", loss="ce_chunked", ce_chunk=64, num_heads=2, **variant)
     cfg = replace(tiny_config, model=model, train=dict(num_epochs=2))
@@ -101,3 +105,38 @@ def test_without_output_head_states_score_straight_against_the_item_embedding():
     assert with_head.apply({"params": head_params}, ids, deterministic=True)[0].shape[-1] == CFG.hidden + 1
     last, _ = model.apply({"params": params}, ids, deterministic=True, last_only=True)
     np.testing.assert_allclose(last[:, 0], h[:, -1], atol=1e-5)
+
+
+def test_attention_projection_adds_a_dense_layer_that_identity_weights_make_a_no_op():
+    model, params = _init(dataclasses.replace(CFG, attention_projection=True))
+    plain, plain_params = _init(CFG)
+    for i in range(CFG.num_blocks):
+        assert params[f"attention_{i}"]["output"]["kernel"].shape == (CFG.hidden, CFG.hidden)
+        assert "output" not in plain_params[f"attention_{i}"]
+    ids = jnp.asarray(np.random.default_rng(3).integers(1, NUM_ITEMS + 1, (2, CFG.max_len)), jnp.int32)
+    identity = jax.tree_util.tree_map(lambda x: x, plain_params)
+    for i in range(CFG.num_blocks):
+        identity[f"attention_{i}"] = dict(
+            plain_params[f"attention_{i}"], output={"kernel": jnp.eye(CFG.hidden), "bias": jnp.zeros(CFG.hidden)}
+        )
+    h_identity, _ = model.apply({"params": identity}, ids, deterministic=True)
+    h_plain, _ = plain.apply({"params": plain_params}, ids, deterministic=True)
+    np.testing.assert_allclose(h_identity, h_plain, rtol=1e-5, atol=1e-5)
+    h_trained, _ = model.apply({"params": params}, ids, deterministic=True)
+    assert not np.allclose(h_trained, h_plain, atol=1e-3)  # its own (random) weights do change the output
+
+
+def test_small_normal_init_sets_every_table_and_kernel_to_std_002():
+    cfg = dataclasses.replace(CFG, hidden=64, embedding_init="small_normal", attention_projection=True)
+    _, params = _init(cfg)
+    _, xavier_params = _init(dataclasses.replace(cfg, embedding_init="xavier"))
+    leaves = {
+        "/".join(str(k.key) for k in path): leaf
+        for path, leaf in jax.tree_util.tree_leaves_with_path(params)
+        if path[-1].key in ("kernel", "item_embedding", "position_embedding")
+    }
+    # Tables, per block q/k/v/output and two feed-forward kernels, and the head's dense kernel.
+    assert len(leaves) == 2 + cfg.num_blocks * 6 + 1
+    for name, leaf in leaves.items():
+        assert 0.017 < float(jnp.std(leaf)) < 0.023, name
+    assert float(jnp.std(xavier_params["attention_0"]["query"]["kernel"])) > 0.1

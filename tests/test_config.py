@@ -57,6 +57,7 @@ def test_bad_overrides_name_the_problem(assignment, message):
         ("model.positions=absolute", "model.positions must be from_end or from_start"),
         ("model.name=gru4rec model.positions=from_start", "only implemented for sasrec and bert4rec"),
         ("model.output_head=false", "model.output_head=false is only for bert4rec"),
+        ("model.attention_projection=true", "model.attention_projection=true is only for bert4rec"),
     ],
 )
 def test_validate_rejects_bad_values(assignment, message):
@@ -81,8 +82,8 @@ def test_every_config_file_loads_and_validates(path):
     config_lib.validate(cfg)
 
 
-@pytest.mark.parametrize("init", ["normal", "small_normal"])
-def test_non_default_embedding_init_is_refused_for_models_without_it(init):
-    cfg = config_lib.apply_overrides(Config(), ["model.name=bert4rec", "model.loss=ce", f"model.embedding_init={init}"])
-    with pytest.raises(ConfigError, match=f"model.embedding_init={init} is only implemented for sasrec"):
+@pytest.mark.parametrize("model,init", [("bert4rec", "normal"), ("gru4rec", "small_normal")])
+def test_non_default_embedding_init_is_refused_for_models_without_it(model, init):
+    cfg = config_lib.apply_overrides(Config(), [f"model.name={model}", "model.loss=ce", f"model.embedding_init={init}"])
+    with pytest.raises(ConfigError, match=f"model.embedding_init={init} is not implemented for {model}"):
         config_lib.validate(cfg)

@@ -16,12 +16,17 @@ small_normal_init = nn.initializers.normal(stddev=0.02)
 
 
 class SelfAttention(nn.Module):
-    """Multi-head self-attention as in the SASRec paper: Q, K, V projections, no output projection."""
+    """Multi-head self-attention: Q, K, V projections; no output projection (the SASRec paper's) unless asked.
+
+    `output_projection`: a dense layer over the heads' concatenated outputs, as BERT's (so BERT4Rec's) has.
+    Without it each head writes only its own D/H slice of the residual stream.
+    """
 
     num_heads: int
     dropout: float
     implementation: str = "auto"
     kernel_init: nn.initializers.Initializer = dense_init
+    output_projection: bool = False
 
     @nn.compact
     def __call__(self, queries_BxLxD, keys_BxLxD, mask_BxLxL, *, deterministic: bool, bias_BxHxLxL=None):
@@ -46,7 +51,10 @@ class SelfAttention(nn.Module):
             dropout_rate=self.dropout if use_dropout else 0.0,
             dropout_rng=self.make_rng("dropout") if use_dropout else None,
         )
-        return out_BxLxHxD.reshape(batch, length, hidden)
+        out_BxLxD = out_BxLxHxD.reshape(batch, length, hidden)
+        if self.output_projection:
+            out_BxLxD = nn.Dense(hidden, kernel_init=self.kernel_init, name="output")(out_BxLxD)
+        return out_BxLxD
 
 
 class PointWiseFeedForward(nn.Module):

@@ -14,6 +14,11 @@ The per-item output bias is folded into the scores by returning h with an extra 
 column and the table with the bias as an extra column, so every loss and evaluation that
 takes (h, table) serves BERT4Rec unchanged. `model.output_head=false` drops the head and the bias
 (Klenitskiy & Vasilev's BERT4Rec): the last block's states are scored against the item embedding.
+
+Two options bring it closer to the BERT code that both BERT4Rec's and Klenitskiy & Vasilev's implementations
+build on, off by default (the reproduction table's rows ran without them): `model.attention_projection`
+(a dense layer after the attention heads) and `model.embedding_init=small_normal` (every table and dense
+kernel N(0, 0.02), BERT's initializer_range; the default is Xavier-uniform).
 """
 
 from __future__ import annotations
@@ -25,18 +30,19 @@ import jax.numpy as jnp
 from jaxrec.config import ModelConfig, attention_dropout_rate
 from jaxrec.layers.attention import causal_padding_mask
 from jaxrec.layers.dropout import Dropout
-from jaxrec.layers.transformer import SelfAttention, dense_init, layer_norm
+from jaxrec.layers.transformer import SelfAttention, dense_init, layer_norm, small_normal_init
 from jaxrec.models.sasrec import embed_init, position_embeddings, vocab_rows
 
 
 class _FeedForward(nn.Module):
     hidden: int
     dropout: float
+    kernel_init: nn.initializers.Initializer = dense_init
 
     @nn.compact
     def __call__(self, x, *, deterministic: bool):
-        y = nn.gelu(nn.Dense(4 * self.hidden, kernel_init=dense_init, name="dense_in")(x))
-        y = nn.Dense(self.hidden, kernel_init=dense_init, name="dense_out")(y)
+        y = nn.gelu(nn.Dense(4 * self.hidden, kernel_init=self.kernel_init, name="dense_in")(x))
+        y = nn.Dense(self.hidden, kernel_init=self.kernel_init, name="dense_out")(y)
         return Dropout(self.dropout)(y, deterministic=deterministic)
 
 
@@ -54,21 +60,30 @@ class BERT4Rec(nn.Module):
     def setup(self):
         cfg = self.config
         rows = vocab_rows(self.num_items + 1)  # room for the [MASK] row
-        self.item_embedding = self.param("item_embedding", embed_init, (rows, cfg.hidden))
+        small = cfg.embedding_init == "small_normal"
+        table_init, kernel_init = (small_normal_init, small_normal_init) if small else (embed_init, dense_init)
+        self.item_embedding = self.param("item_embedding", table_init, (rows, cfg.hidden))
         if cfg.output_head:
             self.output_bias = self.param("output_bias", nn.initializers.zeros, (rows,))
-        self.position_embedding = self.param("position_embedding", embed_init, (cfg.max_len, cfg.hidden))
+        self.position_embedding = self.param("position_embedding", table_init, (cfg.max_len, cfg.hidden))
         self.embed_norm = layer_norm("embed_norm")
         self.embed_dropout = Dropout(cfg.dropout)
         self.attentions = [
-            SelfAttention(cfg.num_heads, attention_dropout_rate(cfg), cfg.attention, name=f"attention_{i}")
+            SelfAttention(
+                cfg.num_heads,
+                attention_dropout_rate(cfg),
+                cfg.attention,
+                kernel_init=kernel_init,
+                output_projection=cfg.attention_projection,
+                name=f"attention_{i}",
+            )
             for i in range(cfg.num_blocks)
         ]
         self.attention_dropouts = [Dropout(cfg.dropout) for _ in range(cfg.num_blocks)]
         self.attention_norms = [layer_norm(f"attention_norm_{i}") for i in range(cfg.num_blocks)]
-        self.ffns = [_FeedForward(cfg.hidden, cfg.dropout, name=f"ffn_{i}") for i in range(cfg.num_blocks)]
+        self.ffns = [_FeedForward(cfg.hidden, cfg.dropout, kernel_init, name=f"ffn_{i}") for i in range(cfg.num_blocks)]
         self.ffn_norms = [layer_norm(f"ffn_norm_{i}") for i in range(cfg.num_blocks)]
-        self.head_dense = nn.Dense(cfg.hidden, kernel_init=dense_init, name="head_dense")
+        self.head_dense = nn.Dense(cfg.hidden, kernel_init=kernel_init, name="head_dense")
         self.head_norm = layer_norm("head_norm")
 
     def encode(self, item_ids_BxL, *, deterministic: bool = True, last_only: bool = False):
