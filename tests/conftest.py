@@ -43,3 +43,12 @@ def replace(cfg: Config, **sections) -> Config:
     return dataclasses.replace(
         cfg, **{name: dataclasses.replace(getattr(cfg, name), **fields) for name, fields in sections.items()}
     )
+
+
+def weight_stds(params) -> dict[str, float]:
+    """Standard deviation of each table and dense kernel, by path (what an initialiser test checks)."""
+    return {
+        "/".join(str(k.key) for k in path): float(leaf.std())
+        for path, leaf in jax.tree_util.tree_leaves_with_path(params)
+        if path[-1].key in ("kernel", "item_embedding", "position_embedding")
+    }

@@ -8,7 +8,7 @@ import pytest
 from jaxrec import trainer
 from jaxrec.config import ModelConfig
 from jaxrec.models import BERT4Rec, build_model
-from tests.conftest import replace
+from tests.conftest import replace, weight_stds
 
 CFG = ModelConfig(name="bert4rec", max_len=12, hidden=8, num_blocks=2, num_heads=2, dropout=0.1, loss="ce")
 NUM_ITEMS = 30
@@ -130,13 +130,9 @@ def test_small_normal_init_sets_every_table_and_kernel_to_std_002():
     cfg = dataclasses.replace(CFG, hidden=64, embedding_init="small_normal", attention_projection=True)
     _, params = _init(cfg)
     _, xavier_params = _init(dataclasses.replace(cfg, embedding_init="xavier"))
-    leaves = {
-        "/".join(str(k.key) for k in path): leaf
-        for path, leaf in jax.tree_util.tree_leaves_with_path(params)
-        if path[-1].key in ("kernel", "item_embedding", "position_embedding")
-    }
+    leaves = weight_stds(params)
     # Tables, per block q/k/v/output and two feed-forward kernels, and the head's dense kernel.
     assert len(leaves) == 2 + cfg.num_blocks * 6 + 1
-    for name, leaf in leaves.items():
-        assert 0.017 < float(jnp.std(leaf)) < 0.023, name
+    for name, std in leaves.items():
+        assert 0.017 < std < 0.023, name
     assert float(jnp.std(xavier_params["attention_0"]["query"]["kernel"])) > 0.1

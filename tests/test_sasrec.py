@@ -7,6 +7,7 @@ import pytest
 
 from jaxrec.config import ModelConfig
 from jaxrec.models import build_model, vocab_rows
+from tests.conftest import weight_stds
 
 CFG = ModelConfig(max_len=16, hidden=8, num_blocks=2, num_heads=2, dropout=0.2)
 NUM_ITEMS = 40
@@ -144,14 +145,10 @@ def test_small_normal_init_sets_every_table_and_kernel_to_std_002_and_keeps_item
     cfg = dataclasses.replace(CFG, hidden=64, num_heads=1, embedding_init="small_normal")
     model, params = _init(cfg)
     xavier_model, xavier_params = _init(dataclasses.replace(cfg, embedding_init="xavier"))
-    kernels = {
-        "/".join(str(k.key) for k in path): leaf
-        for path, leaf in jax.tree_util.tree_leaves_with_path(params)
-        if path[-1].key in ("kernel", "item_embedding", "position_embedding")
-    }
+    kernels = weight_stds(params)
     assert len(kernels) == 2 + cfg.num_blocks * 5  # tables, q/k/v and two feed-forward kernels per block
-    for name, leaf in kernels.items():
-        assert 0.017 < float(jnp.std(leaf)) < 0.023, name
+    for name, std in kernels.items():
+        assert 0.017 < std < 0.023, name
     # Xavier's kernels are wider (64x64: std 0.125), so the test tells the two apart.
     assert float(jnp.std(xavier_params["attention_0"]["query"]["kernel"])) > 0.1
     # Items are still multiplied by sqrt(D): the xavier model on the same parameters computes the same output.
