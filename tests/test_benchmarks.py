@@ -28,6 +28,18 @@ def test_train_throughput_smoke(tmp_path):
     assert [r["figure"] for r in written] == [r["figure"] for r in records]
 
 
+def test_every_reproduce_row_is_a_valid_config():
+    """A row whose settings stop validating (a renamed key, an option its model lacks) fails here, not hours in."""
+    from benchmarks.reproduce import REPO, ROWS
+    from jaxrec import config as config_lib
+    from train import load_config
+
+    for name, row in ROWS.items():
+        cfg = config_lib.apply_overrides(load_config(str(REPO / row["config"])), list(row["settings"]))
+        config_lib.validate(cfg)
+        assert cfg.data.name, name
+
+
 @pytest.mark.slow  # trains a row through train.py; .ci/run runs the slow set
 def test_reproduce_harness_smoke(tmp_path):
     from benchmarks import reproduce
