@@ -30,8 +30,8 @@ import jax.numpy as jnp
 from jaxrec.config import ModelConfig, attention_dropout_rate
 from jaxrec.layers.attention import causal_padding_mask
 from jaxrec.layers.dropout import Dropout
-from jaxrec.layers.transformer import SelfAttention, dense_init, layer_norm, small_normal_init
-from jaxrec.models.sasrec import embed_init, position_embeddings, vocab_rows
+from jaxrec.layers.transformer import SelfAttention, dense_init, layer_norm
+from jaxrec.models.sasrec import initializers, position_embeddings, vocab_rows
 
 
 class _FeedForward(nn.Module):
@@ -60,8 +60,7 @@ class BERT4Rec(nn.Module):
     def setup(self):
         cfg = self.config
         rows = vocab_rows(self.num_items + 1)  # room for the [MASK] row
-        small = cfg.embedding_init == "small_normal"
-        table_init, kernel_init = (small_normal_init, small_normal_init) if small else (embed_init, dense_init)
+        table_init, kernel_init = initializers(cfg.embedding_init)
         self.item_embedding = self.param("item_embedding", table_init, (rows, cfg.hidden))
         if cfg.output_head:
             self.output_bias = self.param("output_bias", nn.initializers.zeros, (rows,))

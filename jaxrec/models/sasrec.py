@@ -26,6 +26,13 @@ embed_init = nn.initializers.xavier_uniform()
 torch_embed_init = nn.initializers.normal(stddev=1.0)
 
 
+def initializers(embedding_init: str):
+    """(table init, dense-kernel init) for `model.embedding_init` (xavier | normal | small_normal)."""
+    if embedding_init == "small_normal":  # Klenitskiy & Vasilev's SASRec, BERT's initializer_range
+        return small_normal_init, small_normal_init
+    return (torch_embed_init if embedding_init == "normal" else embed_init), dense_init
+
+
 def vocab_rows(num_items: int, multiple: int = 128) -> int:
     """Rows of the item table: ids 0..num_items, padded up to `multiple` (padding rows never score)."""
     return -(-(num_items + 1) // multiple) * multiple
@@ -62,8 +69,7 @@ class SASRec(nn.Module):
     def setup(self):
         cfg = self.config
         rows = vocab_rows(self.num_items)
-        init = {"normal": torch_embed_init, "small_normal": small_normal_init}.get(cfg.embedding_init, embed_init)
-        kernel_init = small_normal_init if cfg.embedding_init == "small_normal" else dense_init
+        init, kernel_init = initializers(cfg.embedding_init)
         self.item_embedding = self.param("item_embedding", init, (rows, cfg.hidden))
         if not cfg.shared_output_embedding:
             self.output_embedding = self.param("output_embedding", init, (rows, cfg.hidden))
