@@ -191,7 +191,7 @@ def run_popularity(row, workdir: Path, settings) -> None:
     from train import load_config
 
     cfg = config_lib.apply_overrides(load_config(str(REPO / row["config"])), settings)
-    split = leave_one_out(load_dataset(cfg.data))
+    split = leave_one_out(load_dataset(cfg.data), cfg.data.validation_users, cfg.data.seed)
     negatives = draw_eval_negatives(split, cfg)["sampled"]
     metrics = {"epochs": 0, "best_epoch": 0, "train/seconds": 0.0, **popularity_metrics(split, negatives, cfg.eval.ks)}
     workdir.mkdir(parents=True, exist_ok=True)

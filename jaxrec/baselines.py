@@ -19,7 +19,9 @@ def popularity_metrics(split, eval_negatives, ks) -> dict[str, float]:
         users = np.flatnonzero(targets > 0)
         sampled, full = [], []
         for u in users:
-            history = split.train[u] if which == "valid" else np.append(split.train[u], split.valid_target[u])
+            history = split.train[u]
+            if which == "test" and split.valid_target[u] > 0:
+                history = np.append(history, split.valid_target[u])
             target = targets[u]
             t = counts[target]
             sampled.append(int((counts[negatives[u]] >= t).sum()))

@@ -33,7 +33,10 @@ class DataConfig:
     synthetic_users: int = 2000  # `synthetic`: number of users
     synthetic_items: int = 500  # `synthetic`: number of items
     synthetic_mean_length: int = 40  # `synthetic`: mean interactions per user
-    seed: int = 0  # `synthetic` generator seed, and the seed of evaluation negatives
+    seed: int = 0  # `synthetic` generator seed, and the seed of evaluation negatives and of validation_users
+    # 0 = every user validates on its second-to-last item (SASRec); N = only N users drawn at random do, and
+    # the others train on it (gSASRec's reference protocol, N = 512)
+    validation_users: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -380,6 +383,7 @@ def validate(cfg: Config) -> None:
         (cfg.eval.num_negatives >= 1, "eval.num_negatives must be >= 1"),
         (cfg.data.min_user_interactions >= 0, "data.min_user_interactions must be >= 0"),
         (cfg.data.min_item_interactions >= 0, "data.min_item_interactions must be >= 0"),
+        (cfg.data.validation_users >= 0, "data.validation_users must be >= 0 (0 = every user)"),
         (cfg.mesh.data >= 0 and cfg.mesh.model >= 1, "mesh.data must be >= 0 and mesh.model >= 1"),
         (cfg.mesh.cpu_devices >= 0, "mesh.cpu_devices must be >= 0"),
     ]

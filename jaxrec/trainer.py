@@ -85,7 +85,7 @@ def run(
     run_dir.check_workdir(workdir, cfg, resume)
 
     dataset = load_dataset(cfg.data)
-    split = leave_one_out(dataset)
+    split = leave_one_out(dataset, cfg.data.validation_users, cfg.data.seed)
     buckets = parse_buckets(cfg.train.length_buckets, cfg.model.max_len)
     model = build_model(cfg.model, split.num_items, num_users=split.num_users)
     # Models with per-user inputs (MF's user ids, YoutubeDNN's user features) get them in every batch.

@@ -52,6 +52,7 @@ def test_bad_overrides_name_the_problem(assignment, message):
         ("eval.select_metric=valid/ndcg@3_full", "is not computed"),
         ("train.loss_normalizer=tokens", "train.loss_normalizer must be batch or epoch"),
         ("mesh.cpu_devices=-1", "mesh.cpu_devices must be >= 0"),
+        ("data.validation_users=-5", "data.validation_users must be >= 0"),
         ("model.embedding_init=glorot", "model.embedding_init must be xavier, normal or small_normal"),
         ("model.gbce_negatives=user", "model.gbce_negatives must be batch or position"),
         ("model.positions=absolute", "model.positions must be from_end or from_start"),

@@ -70,3 +70,29 @@ def test_patience_stops_after_epochs_without_a_better_validation_metric(tiny_con
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3, 4, 5]
     unlimited = trainer.run(replace(cfg, train=dict(patience_epochs=0)), tmp_path / "all")
     assert unlimited["epochs"] == 6 and unlimited["ended_by"] == "epochs"
+
+
+def test_validation_sample_validates_on_its_users_and_tests_everyone(tiny_config, tmp_path, monkeypatch):
+    # gSASRec's protocol: 100 users validate, the others train on their second-to-last item; all are tested.
+    from jaxrec.evaluation import LeaveOneOutEvaluator
+
+    evaluators = []
+    real_init = LeaveOneOutEvaluator.__init__
+
+    def init(self, split, *args, **kwargs):
+        real_init(self, split, *args, **kwargs)
+        evaluators.append((self, split))
+
+    monkeypatch.setattr(LeaveOneOutEvaluator, "__init__", init)
+    cfg = replace(tiny_config, data=dict(validation_users=100), train=dict(num_epochs=1))
+    metrics = trainer.run(cfg, tmp_path / "run")
+    assert np.isfinite(metrics["test/ndcg@10_full"]) and np.isfinite(metrics["valid/ndcg@10_full"])
+    ((evaluator, split),) = evaluators
+    sequences = load_dataset(cfg.data).sequences
+    evaluated = lambda which: sum(b["weight_B"].sum() for b in evaluator.batches[which])  # noqa: E731
+    assert evaluated("valid") == 100
+    assert evaluated("test") == sum(len(s) >= 3 for s in sequences) > 100
+    trained_on_valid_item = [u for u, s in enumerate(sequences) if len(s) >= 3 and split.valid_target[u] == 0]
+    assert len(trained_on_valid_item) == evaluated("test") - 100
+    for u in trained_on_valid_item[:20]:
+        np.testing.assert_array_equal(split.train[u], sequences[u][:-1])

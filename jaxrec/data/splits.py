@@ -18,8 +18,9 @@ class LeaveOneOutSplit:
 
     Attributes:
         train: per user, all but the last two items (SASRec `data_partition`); users
-            with fewer than 3 items keep all of them.
-        valid_target: (U,) int32, the second-to-last item; 0 = user not evaluated.
+            with fewer than 3 items keep all of them, and users outside a validation sample
+            (`leave_one_out(validation_users=N)`) all but the last one.
+        valid_target: (U,) int32, the second-to-last item; 0 = user not validated.
         test_target: (U,) int32, the last item; 0 = user not evaluated.
         num_items: item ids are 1..num_items.
     """
@@ -34,8 +35,13 @@ class LeaveOneOutSplit:
         return len(self.train)
 
 
-def leave_one_out(ds: SequenceDataset) -> LeaveOneOutSplit:
-    """Splits every sequence into train / valid / test as SASRec's `data_partition` does."""
+def leave_one_out(ds: SequenceDataset, validation_users: int = 0, seed: int = 0) -> LeaveOneOutSplit:
+    """Splits every sequence into train / valid / test as SASRec's `data_partition` does.
+
+    `validation_users` > 0 is gSASRec's protocol (its reference validates on 512 users): only that many
+    users, drawn with `seed` from those with 3 or more items, keep their second-to-last item for
+    validation; every other user trains on it. Test targets are the same either way.
+    """
     num_users = ds.num_users
     valid = np.zeros(num_users, dtype=np.int32)
     test = np.zeros(num_users, dtype=np.int32)
@@ -47,6 +53,13 @@ def leave_one_out(ds: SequenceDataset) -> LeaveOneOutSplit:
         train.append(np.asarray(seq[:-2], dtype=np.int32))
         valid[u] = seq[-2]
         test[u] = seq[-1]
+    if validation_users > 0:
+        eligible = np.flatnonzero(valid > 0)
+        if validation_users < len(eligible):
+            chosen = np.random.default_rng(seed).choice(eligible, size=validation_users, replace=False)
+            for u in np.setdiff1d(eligible, chosen):
+                train[u] = np.append(train[u], valid[u]).astype(np.int32)
+                valid[u] = 0
     return LeaveOneOutSplit(train=train, valid_target=valid, test_target=test, num_items=ds.num_items)
 
 

@@ -95,6 +95,27 @@ def test_leave_one_out_like_sasrec():
     assert split.valid_target.dtype == np.int32 and split.num_items == 9
 
 
+def test_leave_one_out_validation_sample_trains_the_other_users_on_their_second_to_last_item():
+    sequences = [[1, 2, 3, 4], [5, 6], [7, 8, 9], [2]] + [[u % 9 + 1, 3, 5, u % 7 + 1] for u in range(20)]
+    full = leave_one_out(_dataset(sequences, 9))
+    split = leave_one_out(_dataset(sequences, 9), validation_users=5, seed=1)
+    validated = np.flatnonzero(split.valid_target > 0)
+    assert len(validated) == 5 and set(validated) <= set(np.flatnonzero(full.valid_target > 0))
+    np.testing.assert_array_equal(split.test_target, full.test_target)
+    for u, seq in enumerate(sequences):
+        expected = seq if len(seq) < 3 else seq[:-2] if u in validated else seq[:-1]
+        assert split.train[u].tolist() == expected, u
+        assert split.train[u].dtype == np.int32
+    np.testing.assert_array_equal(split.valid_target[validated], full.valid_target[validated])
+    # The draw follows the seed; asking for more users than can validate keeps SASRec's split.
+    again = leave_one_out(_dataset(sequences, 9), validation_users=5, seed=1)
+    np.testing.assert_array_equal(again.valid_target, split.valid_target)
+    other = leave_one_out(_dataset(sequences, 9), validation_users=5, seed=2)
+    assert not np.array_equal(other.valid_target, split.valid_target)
+    everyone = leave_one_out(_dataset(sequences, 9), validation_users=100)
+    np.testing.assert_array_equal(everyone.valid_target, full.valid_target)
+
+
 @pytest.mark.parametrize("distribution", ["uniform", "popularity"])
 def test_eval_negatives_avoid_history_and_are_deterministic(distribution):
     ds = generate(300, 120, 30, seed=1)
