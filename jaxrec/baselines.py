@@ -12,16 +12,14 @@ def popularity_metrics(split, eval_negatives, ks) -> dict[str, float]:
     counts = np.bincount(np.concatenate(split.train), minlength=split.num_items + 1).astype(np.float64)
     counts[0] = -np.inf
     out = {}
-    for which, targets, negatives in (
-        ("valid", split.valid_target, eval_negatives[0]),
-        ("test", split.test_target, eval_negatives[1]),
+    for which, targets, negatives, histories in (
+        ("valid", split.valid_target, eval_negatives[0], split.train),
+        ("test", split.test_target, eval_negatives[1], split.test_histories()),
     ):
         users = np.flatnonzero(targets > 0)
         sampled, full = [], []
         for u in users:
-            history = split.train[u]
-            if which == "test" and split.valid_target[u] > 0:
-                history = np.append(history, split.valid_target[u])
+            history = histories[u]
             target = targets[u]
             t = counts[target]
             sampled.append(int((counts[negatives[u]] >= t).sum()))

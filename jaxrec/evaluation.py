@@ -43,7 +43,7 @@ class LeaveOneOutEvaluator:
         valid_negatives = {name: pair[0] for name, pair in eval_negatives.items()}
         test_negatives = {name: pair[1] for name, pair in eval_negatives.items()}
         max_len, batch_size = cfg.model.max_len, cfg.eval.batch_size
-        test_inputs = [np.append(seq, v) if v > 0 else seq for seq, v in zip(split.train, split.valid_target)]
+        test_inputs = split.test_histories()
         self.batches = {
             "valid": eval_batches(
                 split.train, split.valid_target, valid_negatives, split.train, max_len, batch_size, buckets, users

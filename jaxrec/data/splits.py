@@ -34,6 +34,10 @@ class LeaveOneOutSplit:
     def num_users(self) -> int:
         return len(self.train)
 
+    def test_histories(self) -> list[np.ndarray]:
+        """Per user, what the test target follows: the training items, then the validation item if it has one."""
+        return [np.append(seq, v) if v > 0 else seq for seq, v in zip(self.train, self.valid_target)]
+
 
 def leave_one_out(ds: SequenceDataset, validation_users: int = 0, seed: int = 0) -> LeaveOneOutSplit:
     """Splits every sequence into train / valid / test as SASRec's `data_partition` does.
