@@ -44,7 +44,8 @@ def leave_one_out(ds: SequenceDataset, validation_users: int = 0, seed: int = 0)
 
     `validation_users` > 0 is gSASRec's protocol (its reference validates on 512 users): only that many
     users, drawn with `seed` from those with 3 or more items, keep their second-to-last item for
-    validation; every other user trains on it. Test targets are the same either way.
+    validation; every other user trains on it. An N at least the number of such users keeps them all
+    validating (SASRec's split). Test targets are the same either way.
     """
     num_users = ds.num_users
     valid = np.zeros(num_users, dtype=np.int32)
