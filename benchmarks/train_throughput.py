@@ -38,6 +38,7 @@ from jaxrec import mesh as mesh_lib  # noqa: E402
 from jaxrec.config import Config, DataConfig, ModelConfig, TrainConfig, apply_overrides  # noqa: E402
 from jaxrec.data import leave_one_out, load_dataset  # noqa: E402
 from jaxrec.data.pipeline import TrainBatches, parse_buckets, train_iterator  # noqa: E402
+from jaxrec.dispatch import DispatchWindow  # noqa: E402
 from jaxrec.evaluation import LeaveOneOutEvaluator, draw_eval_negatives  # noqa: E402
 from jaxrec.models import build_model  # noqa: E402
 from jaxrec.train_step import init_state, make_optimizer, make_train_step  # noqa: E402
@@ -88,6 +89,7 @@ def time_epochs(cfg, split, epochs, options=None):
     steps = {length: (lambda s, b, c=c: c(s, mesh_lib.put_batch(b, mesh))) for length, c in compiled.items()}
     batches = train_iterator(plan, 0, (epochs + 1) * plan.steps_per_epoch)
     epoch_times, per_bucket = [], {length: [] for length in buckets}
+    window = DispatchWindow()  # as the trainer: at most a few steps in flight (XLA:CPU deadlocks at 32)
     for epoch in range(epochs + 1):  # epoch 0 warms up the pipeline and caches
         start = time.perf_counter()
         for _ in range(plan.steps_per_epoch):
@@ -95,6 +97,7 @@ def time_epochs(cfg, split, epochs, options=None):
             length = batch["inputs_BxL"].shape[1]
             t0 = time.perf_counter()
             state, metrics = steps[length](state, batch)
+            window.push(metrics["loss"])
             if epoch == epochs:  # last epoch: synchronise per step to time each bucket
                 jax.block_until_ready(metrics)
                 per_bucket[length].append(time.perf_counter() - t0)

@@ -16,6 +16,7 @@ import numpy as np
 from jaxrec import mesh as mesh_lib
 from jaxrec.data import sample_eval_negatives
 from jaxrec.data.pipeline import eval_batches
+from jaxrec.dispatch import DispatchWindow
 from jaxrec.metrics import means, merge, metric_sums
 from jaxrec.train_step import compiler_options, make_eval_step
 
@@ -72,8 +73,12 @@ class LeaveOneOutEvaluator:
         """Mean metrics over the users of `which` ('valid' or 'test'), keys like 'valid/ndcg@10_full'."""
         sums: dict[str, float] = {}
         count = 0.0
-        pending = [(batch, self.eval_step(params, batch)) for batch in self.batches[which]]
-        for batch, ranks in pending:  # dispatch everything first, then read back
+        window, pending = DispatchWindow(), []
+        for batch in self.batches[which]:  # dispatch ahead (a bounded window), then read back
+            ranks = self.eval_step(params, batch)
+            window.push(ranks)
+            pending.append((batch, ranks))
+        for batch, ranks in pending:
             weight = batch["weight_B"]
             for name, rank_B in ranks.items():  # 'sampled', 'popsampled', 'full'
                 merge(sums, metric_sums(mesh_lib.to_host(rank_B), weight, self.ks, name))

@@ -19,6 +19,7 @@ import numpy as np
 
 from jaxrec import run_dir
 from jaxrec.checkpoint import RunCheckpoints
+from jaxrec.dispatch import DispatchWindow
 from jaxrec.progress import Progress
 
 log = logging.getLogger("jaxrec")
@@ -74,6 +75,7 @@ def fit(
     progress = Progress(total_steps, step)
     train_seconds, epoch = float(record["train_seconds"]), record["epoch"]
     ended_by = "epochs"
+    window = DispatchWindow()  # the host stays at most a few steps ahead (XLA:CPU deadlocks at 32)
     try:
         while epoch < cfg.train.num_epochs:
             epoch += 1
@@ -81,6 +83,7 @@ def fit(
             losses = []
             for _ in range(steps_per_epoch):
                 state, metrics = train_step(state, next(batches))
+                window.push(metrics["loss"])
                 losses.append(metrics["loss"])
                 step += 1
                 if progress.enabled and step % cfg.train.log_every == 0:
