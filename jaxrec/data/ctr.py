@@ -198,7 +198,7 @@ def user_fields(cfg: Config, events: EventDataset) -> tuple[np.ndarray | None, i
     return out, vocab
 
 
-def _split(time_N: np.ndarray, valid_fraction: float, test_fraction: float) -> dict[str, np.ndarray]:
+def _split(time_N: np.ndarray, valid_fraction: float, test_fraction: float, source: str) -> dict[str, np.ndarray]:
     ordered = np.sort(time_N, kind="stable")
     cut_valid = ordered[int((1.0 - valid_fraction - test_fraction) * len(ordered))]
     cut_test = ordered[int((1.0 - test_fraction) * len(ordered))]
@@ -211,7 +211,9 @@ def _split(time_N: np.ndarray, valid_fraction: float, test_fraction: float) -> d
     for name, mask in masks.items():
         rows = np.flatnonzero(mask)
         if rows.size == 0:
-            raise DataError(f"the time split left no {name} example; change ctr.valid_fraction / ctr.test_fraction")
+            raise DataError(
+                f"{source}: the time split left no {name} example; change ctr.valid_fraction / ctr.test_fraction"
+            )
         splits[name] = rows[np.argsort(time_N[rows], kind="stable")]
     return splits
 
@@ -220,6 +222,7 @@ def build_ctr_data(cfg: Config) -> CTRData:
     """Loads `cfg.data`'s events and builds the CTR examples and split of the module docstring."""
     ctr = cfg.ctr
     events = load_events(cfg.data)
+    source = cfg.data.path or events.name  # messages name the file when there is one
     lengths = np.array([len(s) for s in events.items], np.int64)
     offsets_U1 = np.concatenate([[0], np.cumsum(lengths)])
     items_E = np.concatenate(events.items).astype(np.int32)
@@ -230,14 +233,14 @@ def build_ctr_data(cfg: Config) -> CTRData:
     end_E = np.searchsorted(key_E, key_E, side="left")  # first event of the same user at the same second
     keep = np.flatnonzero(end_E - offsets_U1[user_E] >= ctr.min_history)
     if keep.size == 0:
-        raise DataError(f"{events.name}: no event has ctr.min_history={ctr.min_history} earlier events")
+        raise DataError(f"{source}: no event has ctr.min_history={ctr.min_history} earlier events")
     if ctr.labels == "explicit":
         if events.action is None:
-            raise DataError(f"{events.name}: explicit labels need actions (ratings); use ctr.labels=implicit")
+            raise DataError(f"{source}: explicit labels need actions (ratings); use ctr.labels=implicit")
         wanted = ctr.positive_actions or DEFAULT_POSITIVE_ACTIONS.get(cfg.data.name, ("4", "5"))
         unknown = sorted(set(wanted) - set(events.action_names))
         if unknown:
-            raise DataError(f"ctr.positive_actions: {unknown} not among {events.name}'s actions {events.action_names}")
+            raise DataError(f"ctr.positive_actions: {unknown} not among {source}'s actions {events.action_names}")
         positive_ids = np.array([events.action_names.index(a) + 1 for a in wanted])
         label_E = np.isin(actions_E, positive_ids).astype(np.float32)
         example_E, candidate, label = keep, items_E[keep], label_E[keep]
@@ -271,7 +274,7 @@ def build_ctr_data(cfg: Config) -> CTRData:
         candidate_N=candidate.astype(np.int32),
         label_N=label,
         time_N=time_N,
-        splits=_split(time_N, ctr.valid_fraction, ctr.test_fraction),
+        splits=_split(time_N, ctr.valid_fraction, ctr.test_fraction, source),
         categories_VxC=categories.astype(np.float32),
         user_fields_UxF=fields,
         user_vocab=vocab,

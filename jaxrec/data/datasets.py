@@ -142,8 +142,15 @@ def fetch(url: str, checksum: tuple[str, str], cache_dir: str | os.PathLike = ""
     return target
 
 
+def _is_file(path: Path | None) -> bool:
+    try:
+        return path is not None and path.is_file()
+    except OSError:  # e.g. a name too long: not a file we can read (the reader says why)
+        return False
+
+
 def _first_existing(*paths: Path | None) -> Path | None:
-    return next((p for p in paths if p is not None and p.is_file()), None)
+    return next((p for p in paths if _is_file(p)), None)
 
 
 def _sasrec_genres(path: Path, data_dir: str | None) -> RawGenres:

@@ -32,6 +32,9 @@ SYNTHETIC_SURFACES = ("home", "search", "related")
 SYNTHETIC_START = 1_000_000_000  # unix seconds of the synthetic horizon's start (September 2001)
 SYNTHETIC_DAYS = 60  # length of the synthetic horizon
 _INT32_MAX = 2**31 - 1
+# The columns of a data file (data.name=file, MovieLens) that become event features when present; synthetic
+# data names its action column "action". Time features ("time", "gap", "age") need only the timestamps.
+FEATURE_COLUMNS = {"action": "rating", "surface": "surface", "duration": "duration"}
 
 
 @dataclasses.dataclass
@@ -163,7 +166,19 @@ def from_interactions(
     if surface_col in inter.extra:
         ids, surface_names = _categorical(inter.extra[surface_col])
         surface = per_user(ids, np.int32)
-    duration = per_user(inter.extra[duration_col], np.float32) if duration_col in inter.extra else None
+    duration = None
+    if duration_col in inter.extra:
+        seconds = inter.extra[duration_col]
+        if not np.issubdtype(seconds.dtype, np.number):
+            raise DataError(f"{inter.source}: the {duration_col!r} column must hold numbers (seconds)")
+        with np.errstate(over="ignore"):
+            seconds = seconds.astype(np.float32)
+        if not np.isfinite(seconds).all():
+            raise DataError(
+                f"{inter.source}: the {duration_col!r} column has {np.sum(~np.isfinite(seconds))} values that are "
+                "not finite float32 seconds (nan, inf or beyond 3.4e38)"
+            )
+        duration = per_user(seconds, np.float32)
     categories, category_names = (None, ())
     if raw_item_genres is not None:
         categories, category_names = _multi_hot(item_raw, raw_item_genres)
@@ -270,7 +285,7 @@ def load_events(cfg: DataConfig) -> EventDataset:
             raise DataError(f"unknown dataset {cfg.name!r} (data.name); known: {', '.join(REGISTRY)}")
         inter, genres = loader(cfg)
     inter = kcore_filter(inter, cfg.min_user_interactions, cfg.min_item_interactions)
-    ds = from_interactions(inter, cfg.name, genres, action_col="action" if synthetic else "rating")
+    ds = from_interactions(inter, cfg.name, genres, action_col="action" if synthetic else FEATURE_COLUMNS["action"])
     return _with_synthetic_names(ds) if synthetic else ds
 
 

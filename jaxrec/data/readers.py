@@ -2,16 +2,21 @@
 
 Every reader returns an `Interactions` log with raw ids. Parsing goes through numpy's C
 `loadtxt` (ML-1M's 1M lines in well under a second); only when that fails is the text
-scanned line by line, so that the `DataError` names the first bad line (1-based) and value.
-Blank lines are skipped. A path ending in `.gz` is decompressed.
+parsed line by line in Python, which either loads it (a text loadtxt cannot take but that is
+well-formed, e.g. whitespace-only lines in a CSV) or raises a `DataError` naming the first bad
+line (1-based) and value. Ids and timestamps are ASCII decimal integers that fit in int64; a
+rating is a finite decimal number. Blank lines are skipped; CRLF and lone CR line ends and a
+UTF-8 byte-order mark are accepted. A path ending in `.gz` is decompressed.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 import gzip
 import io
 import os
+import re
 import warnings
 import zlib
 from collections.abc import Sequence
@@ -24,67 +29,117 @@ from jaxrec.data.types import DataError, Interactions
 # Stands in for the two-character '::' separator, which loadtxt cannot take; never in text files.
 _UNIT_SEP = "\x1f"
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+# What loadtxt takes as a number; Python's int() and float() also take '1_000', non-ASCII digits, 'inf'.
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+_DECIMAL = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
+# Characters past the BMP: numpy's loadtxt crashes the process on some (U+50000 and up) in a number field.
+_ASTRAL = re.compile("[\U00010000-\U0010ffff]")
 
 
 def _read_text(path: str | os.PathLike, encoding: str) -> str:
     """Returns the decoded text of `path` (gunzipped for `.gz`), with '\\n' line ends."""
     p = Path(path)
-    if not p.is_file():
-        raise DataError(f"{path}: file not found" if not p.exists() else f"{path}: not a file")
+    try:
+        is_file, exists = p.is_file(), p.exists()
+    except OSError as exc:  # e.g. a name too long
+        raise DataError(f"{path}: cannot read: {exc}") from None
+    if not is_file:
+        raise DataError(f"{path}: file not found" if not exists else f"{path}: not a file")
     try:
         raw = p.read_bytes()
         if p.suffix == ".gz":
             raw = gzip.decompress(raw)
     except (OSError, EOFError, zlib.error) as exc:
         raise DataError(f"{path}: cannot read: {exc}") from None
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        raise DataError(f"{path} line 1: UTF-16 or UTF-32 text (it starts with a byte-order mark); save it as UTF-8")
+    raw = raw.removeprefix(codecs.BOM_UTF8)  # a UTF-8 mark in front of a Latin-1 format's ASCII digits too
     try:
         text = raw.decode(encoding)
     except UnicodeDecodeError as exc:
         line = raw.count(b"\n", 0, exc.start) + 1
         raise DataError(f"{path} line {line}: not valid {encoding} text ({exc.reason})") from None
-    return text.replace("\r\n", "\n") if "\r" in text else text
+    return text.replace("\r\n", "\n").replace("\r", "\n") if "\r" in text else text
+
+
+def _integer(value: str) -> int:
+    """int() of an `_INTEGER` string; int() itself refuses over 4300 digits, leading zeros included."""
+    digits = value.lstrip("+-").lstrip("0") or "0"
+    if len(digits) > 20:
+        return _INT64_MAX + 1  # out of range whatever it is
+    return -int(digits) if value.startswith("-") else int(digits)
 
 
 def _value_problem(value: str, kind: str) -> str | None:
     """Says what is wrong with `value` as a `kind` ('int', 'float' or 'auto'), or None."""
     if kind == "int":
-        try:
-            number = int(value)
-        except ValueError:
+        if not _INTEGER.fullmatch(value):
             return "is not an integer"
-        if not _INT64_MIN <= number <= _INT64_MAX:
+        if not _INT64_MIN <= _integer(value) <= _INT64_MAX:
             return "does not fit in int64"
     elif kind == "float":
-        try:
-            float(value)
-        except ValueError:
+        if not _DECIMAL.fullmatch(value):
             return "is not a number"
+        if not np.isfinite(float(value)):
+            return "is not a finite number"
     return None
 
 
-def _split_line(line: str, sep: str | None, quoted: bool) -> list[str]:
-    if quoted:
-        return next(csv.reader([line], delimiter=sep))
-    return line.split(sep) if sep is not None else line.split()
+def _shown(value: str, limit: int = 60) -> str:
+    """`value` for a message: quoted, and cut after `limit` characters."""
+    return repr(value[:limit]) + (f"... ({len(value)} characters)" if len(value) > limit else "")
 
 
-def _raise_first_bad_line(
+def _records(text: str, source: str, sep: str | None, quoted: bool):
+    """Yields (1-based line, fields) for each non-blank record of `text`; a CSV record may span lines."""
+    if not quoted:
+        for lineno, line in enumerate(text.split("\n"), start=1):
+            if line.strip():
+                yield lineno, line.split(sep) if sep is not None else line.split()
+        return
+    reader = csv.reader(io.StringIO(text), delimiter=sep)
+    lineno = 1
+    try:
+        for parts in reader:
+            if len(parts) > 1 or (parts and parts[0].strip()):
+                yield lineno, parts
+            lineno = reader.line_num + 1
+    except csv.Error as exc:  # e.g. a field over csv's size limit
+        raise DataError(f"{source} line {lineno}: {exc}") from None
+
+
+def _scan_table(
     text: str, source: str, sep: str | None, fields: Sequence[tuple[str, str]], header_lines: int, quoted: bool
-) -> None:
-    """Scans `text` line by line and raises a DataError for the first malformed line."""
+) -> list[np.ndarray]:
+    """The slow path of `_parse_table`: parses `text` record by record in Python.
+
+    Raises:
+        DataError: for the first malformed line, naming it, the field and the value.
+    """
     sep_name = {None: "whitespace", "\t": "tab"}.get(sep, repr(sep))
-    for lineno, line in enumerate(text.split("\n"), start=1):
-        if lineno <= header_lines or not line.strip():
+    columns: list[list[str]] = [[] for _ in fields]
+    for lineno, parts in _records(text, source, sep, quoted):
+        if lineno <= header_lines:
             continue
-        parts = _split_line(line, sep, quoted)
         if len(parts) != len(fields):
             raise DataError(
                 f"{source} line {lineno}: expected {len(fields)} {sep_name}-separated fields, got {len(parts)}"
             )
-        for (label, kind), value in zip(fields, parts, strict=True):
-            problem = _value_problem(value.strip(), kind)
+        for (label, kind), value, column in zip(fields, parts, columns, strict=True):
+            value = value.strip()
+            problem = _value_problem(value, kind)
             if problem:
-                raise DataError(f"{source} line {lineno}: {label} {value.strip()!r} {problem}")
+                raise DataError(f"{source} line {lineno}: {label} {_shown(value)} {problem}")
+            column.append(value)
+    if not columns[0]:
+        raise DataError(f"{source}: no data lines")
+    numbers = {"int": (_integer, np.int64), "float": (float, np.float64)}
+    return [
+        np.array([numbers[kind][0](v) for v in column], numbers[kind][1])
+        if kind in numbers
+        else _convert(np.array(column, dtype=str), kind)
+        for column, (_, kind) in zip(columns, fields, strict=True)
+    ]
 
 
 def _convert(column: np.ndarray, kind: str) -> np.ndarray:
@@ -96,7 +151,7 @@ def _convert(column: np.ndarray, kind: str) -> np.ndarray:
     for dtype in (np.int64, np.float64):
         try:
             return column.astype(dtype)
-        except (ValueError, OverflowError):
+        except (ValueError, OverflowError, TypeError):
             pass
     return column
 
@@ -125,11 +180,11 @@ def _parse_table(
     parts = text.split("\n", header_lines)
     if len(parts) <= header_lines or not parts[header_lines].strip():
         raise DataError(f"{source}: no data lines")
-    load_text, load_sep = text, sep
-    if sep == "::":
-        if _UNIT_SEP in text:
-            _raise_first_bad_line(text, source, sep, fields, header_lines, quoted)
-        load_text, load_sep = text.replace("::", _UNIT_SEP), _UNIT_SEP
+    if sep == "::" and _UNIT_SEP in text:  # the stand-in below would be ambiguous
+        return _scan_table(text, source, sep, fields, header_lines, quoted)
+    if not text.isascii() and _ASTRAL.search(text):  # loadtxt can segfault on these (numpy 2.4)
+        return _scan_table(text, source, sep, fields, header_lines, quoted)
+    load_text, load_sep = (text.replace("::", _UNIT_SEP), _UNIT_SEP) if sep == "::" else (text, sep)
     kwargs = {"delimiter": load_sep, "skiprows": header_lines, "comments": None, "quotechar": '"' if quoted else None}
     try:
         with warnings.catch_warnings():
@@ -137,14 +192,19 @@ def _parse_table(
             if all(kind in ("int", "float") for _, kind in fields):
                 dtype = np.dtype([(f"f{j}", np.int64 if k == "int" else np.float64) for j, (_, k) in enumerate(fields)])
                 table = np.loadtxt(io.StringIO(load_text), dtype=dtype, ndmin=1, **kwargs)
-                return [np.ascontiguousarray(table[f"f{j}"]) for j in range(len(fields))]
-            table = np.loadtxt(io.StringIO(load_text), dtype=str, ndmin=2, **kwargs)
-            if table.shape[1] != len(fields):
-                raise ValueError(f"expected {len(fields)} columns, got {table.shape[1]}")
-            return [_convert(table[:, j], kind) for j, (_, kind) in enumerate(fields)]
-    except (ValueError, OverflowError) as exc:
-        _raise_first_bad_line(text, source, sep, fields, header_lines, quoted)
-        raise DataError(f"{source}: cannot parse: {exc}") from None
+                columns = [np.ascontiguousarray(table[f"f{j}"]) for j in range(len(fields))]
+            else:
+                table = np.loadtxt(io.StringIO(load_text), dtype=str, ndmin=2, **kwargs)
+                if table.shape[1] != len(fields):
+                    raise ValueError(f"expected {len(fields)} columns, got {table.shape[1]}")
+                columns = [_convert(table[:, j], kind) for j, (_, kind) in enumerate(fields)]
+    except (ValueError, OverflowError):
+        return _scan_table(text, source, sep, fields, header_lines, quoted)
+    # loadtxt takes 'nan' and 'inf' as numbers: the scan names the line of a non-finite rating.
+    finite = all(np.isfinite(c).all() for c, (_, kind) in zip(columns, fields, strict=True) if kind == "float")
+    if not len(columns[0]) or not finite:
+        return _scan_table(text, source, sep, fields, header_lines, quoted)
+    return columns
 
 
 def read_sasrec_pairs(path: str | os.PathLike) -> Interactions:
@@ -168,7 +228,7 @@ def read_movielens_ratings(path: str | os.PathLike) -> Interactions:
     text = _read_text(path, "latin-1")
     fields = [("user id", "int"), ("movie id", "int"), ("rating", "float"), ("timestamp", "int")]
     user, item, rating, timestamp = _parse_table(text, source, "::", fields)
-    if np.all(rating == np.round(rating)):
+    if np.all(rating == np.round(rating)) and np.all(np.abs(rating) < 2**53):  # whole and exact in int64
         rating = rating.astype(np.int64)
     return Interactions(user=user, item=item, timestamp=timestamp, extra={"rating": rating}, source=source)
 
@@ -186,18 +246,24 @@ def read_movielens_genres(movies_path: str | os.PathLike) -> dict[int, list[str]
                 f"{movies_path} line {lineno}: expected 3 '::'-separated fields "
                 f"(MovieID::Title::Genres), got {len(parts)}"
             )
-        if _value_problem(parts[0].strip(), "int"):
-            raise DataError(f"{movies_path} line {lineno}: movie id {parts[0]!r} is not an integer")
+        problem = _value_problem(parts[0].strip(), "int")
+        if problem:
+            raise DataError(f"{movies_path} line {lineno}: movie id {_shown(parts[0].strip())} {problem}")
         # Titles never hold '::' in GroupLens files, but the genres are the last field regardless.
         names = parts[-1].strip().split("|")
-        genres[int(parts[0])] = [g for g in names if g and g != "(no genres listed)"]
+        genres[_integer(parts[0].strip())] = [g for g in names if g and g != "(no genres listed)"]
     return genres
 
 
 def _resolve_delimiter(path: str | os.PathLike, delimiter: str) -> str:
     if delimiter:
         # Command lines deliver a tab as the two characters '\t'.
-        return {"\\t": "\t", "tab": "\t"}.get(delimiter, delimiter)
+        sep = {"\\t": "\t", "tab": "\t"}.get(delimiter, delimiter)
+        if len(sep) != 1 or sep in '"\n\r\x00':
+            raise DataError(
+                f"{path}: data.delimiter {delimiter!r} must be one character (or '\\t'), not a quote or a line end"
+            )
+        return sep
     name = Path(path).name.lower().removesuffix(".gz")
     return "," if name.endswith(".csv") else "\t"
 
@@ -212,7 +278,7 @@ def read_delimited(
         user_col: header name of the user id column (integers).
         item_col: header name of the item id column (integers).
         time_col: header name of the timestamp column (integers); "" = file order.
-        delimiter: field separator; "" = ',' for .csv, tab otherwise.
+        delimiter: one-character field separator (or "\\t"); "" = ',' for .csv, tab otherwise.
 
     Returns:
         The log; every other column is kept in `extra` (int64, float64 or str).
@@ -223,12 +289,14 @@ def read_delimited(
     header_line = text.split("\n", 1)[0]
     if not header_line.strip():
         raise DataError(f"{source} line 1: expected a header row naming the columns, got an empty line")
-    header = [name.strip() for name in _split_line(header_line, sep, quoted=True)]
-    if user_col == item_col:
-        raise DataError(f"{source}: data.user_col and data.item_col are both {user_col!r}")
+    header = [name.strip() for name in next(_records(header_line, source, sep, quoted=True), (1, []))[1]]
     wanted = {"data.user_col": user_col, "data.item_col": item_col}
     if time_col:
         wanted["data.time_col"] = time_col
+    for key, column in wanted.items():
+        same = [other for other, col in wanted.items() if col == column and other != key]
+        if same:
+            raise DataError(f"{source}: {key} and {same[0]} are both {column!r}; each names its own column")
     for key, column in wanted.items():
         if column not in header:
             hint = ' (set data.time_col="" to use the file order)' if key == "data.time_col" else ""
