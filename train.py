@@ -82,13 +82,31 @@ def main(argv=None) -> int:
     for noisy in ("absl", "orbax"):  # orbax logs every save at INFO
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
-    from jaxrec import trainer
+    from jaxrec import run_dir, trainer
+    from jaxrec.checkpoint import CheckpointError, remove_unfinished_writes
+    from jaxrec.loop import Interrupted
 
+    # The trainers write nothing before the inputs pass; should a refusal come later (the first validation
+    # finds no user to evaluate), the folders this run created go too, unless they hold a checkpoint.
+    created = run_dir.created_folder(Path(args.workdir))
     try:
         metrics = trainer.run(cfg, args.workdir, resume=args.resume)
-    except (config_lib.ConfigError, DataError, RunDirError, trainer.TrainingDiverged, ValueError) as err:
+    except (config_lib.ConfigError, DataError, RunDirError, ValueError) as err:
+        run_dir.remove_unused(created)
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except trainer.TrainingDiverged as err:  # not bad input: the run's files stay, to be looked at
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except CheckpointError as err:  # a failed write (disk full): the previous checkpoint stays
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as err:  # one line, and no half-written checkpoint left behind
+        remove_unfinished_writes(Path(args.workdir).resolve() / "checkpoints")
+        if not isinstance(err, Interrupted):
+            err = "stopped by Ctrl-C; the latest complete checkpoint, if any, is kept: --resume continues from it"
+        print(f"interrupted: {err}", file=sys.stderr)
+        return 130
     if jax.process_index() != 0:
         return 0
     print(

@@ -26,6 +26,7 @@ from jaxrec.ctr_metrics import ctr_metrics
 from jaxrec.ctr_step import init_state, make_predict, make_train_step
 from jaxrec.data.ctr import CTRBatches, build_ctr_data, eval_batches
 from jaxrec.data.pipeline import train_iterator
+from jaxrec.dispatch import DispatchWindow
 from jaxrec.loop import TrainingDiverged, fit, restore_latest
 from jaxrec.models.rankers import build_ranker
 from jaxrec.train_step import compiler_options, make_optimizer
@@ -35,7 +36,10 @@ log = logging.getLogger("jaxrec")
 
 def evaluate(predict, state, batches: list[dict[str, np.ndarray]], prefix: str) -> dict[str, float]:
     """AUC, GAUC and log loss of `state` on `batches` (padding rows, weight 0, left out)."""
-    logits = [predict(state.params, state.batch_stats, b) for b in batches]  # dispatched without waiting
+    window, logits = DispatchWindow(), []
+    for batch in batches:  # dispatched ahead, in a bounded window
+        logits.append(predict(state.params, state.batch_stats, batch))
+        window.push(logits[-1])
     logits_N = np.concatenate([np.asarray(x)[b["weight_B"] > 0] for x, b in zip(jax.device_get(logits), batches)])
     labels_N = np.concatenate([b["label_B"][b["weight_B"] > 0] for b in batches])
     users_N = np.concatenate([b["user_B"][b["weight_B"] > 0] for b in batches])
@@ -50,8 +54,7 @@ def run(cfg: config_lib.Config, workdir, resume: bool = False, interrupt_after_e
     mesh = mesh_lib.make_mesh(cfg.mesh.data, cfg.mesh.model)
     mesh_lib.check_batch_sizes(cfg, mesh, single_process="the CTR trainer")
     workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    run_dir.check_workdir(workdir, cfg, resume)
+    resumed = run_dir.check_workdir(workdir, cfg, resume)  # reads only: nothing is written before the inputs pass
     max_len = cfg.model.max_len
 
     data = build_ctr_data(cfg)
@@ -63,7 +66,6 @@ def run(cfg: config_lib.Config, workdir, resume: bool = False, interrupt_after_e
     else:
         item_counts, genre_counts = np.zeros(data.num_items + 1), np.zeros(data.num_categories)
     model = build_ranker(cfg, data.num_items, data.num_categories, data.user_vocab, data.action_vocab)
-    run_dir.write_json(workdir / "config.json", config_lib.to_dict(cfg))
     log.info(
         "ctr %s (%s labels): %d items, %d genres, %d user-field ids; examples train %d, valid %d, test %d "
         "(positive rate %.3f); %d steps/epoch",
@@ -80,15 +82,16 @@ def run(cfg: config_lib.Config, workdir, resume: bool = False, interrupt_after_e
     tx = make_optimizer(cfg)
     # Item tables (embedding and wide bias) split over `model`, batch rows over `data`.
     state = mesh_lib.shard_state(init_state(model, tx, cfg, plan(0), data.categories_VxC), mesh, cfg.mesh.fsdp)
-    checkpoints = RunCheckpoints(workdir)
-    state, record = restore_latest(checkpoints, state, workdir, resume)
-
     compile_start = time.perf_counter()
     step_fn = make_train_step(model, tx, cfg, data.categories_VxC, item_counts, genre_counts)
     train_step = mesh_lib.compile_step(step_fn, state, plan(0), mesh, compiler_options())
     predict = jax.jit(make_predict(model, data.categories_VxC))
     compile_seconds = time.perf_counter() - compile_start
     log.info("compiled the train step in %.1f s", compile_seconds)
+
+    run_dir.write_config(workdir, cfg, resumed)  # the first write: the inputs are good and the model compiled
+    checkpoints = RunCheckpoints(workdir)
+    state, record = restore_latest(checkpoints, state, workdir, resume)  # same shapes and shardings
 
     return fit(
         cfg,

@@ -22,11 +22,13 @@ from jaxrec import config as config_lib
 from jaxrec import mesh as mesh_lib
 from jaxrec import run_dir
 from jaxrec.checkpoint import RunCheckpoints
-from jaxrec.data.events import load_events
+from jaxrec.data.events import FEATURE_COLUMNS, EventDataset, load_events
 from jaxrec.data.pipeline import train_iterator
 from jaxrec.data.retrieval_batches import RetrievalBatches
+from jaxrec.data.types import DataError
 from jaxrec.loop import fit, restore_latest
 from jaxrec.models import build_model
+from jaxrec.models.pinnerformer import EVENT_FEATURES
 from jaxrec.retrieval_step import init_state, make_optimizer, make_train_step
 from jaxrec.temporal import TemporalEvalConfig, evaluate, temporal_split, user_embedder
 from jaxrec.train_step import compiler_options
@@ -55,6 +57,38 @@ def _evaluate(model, params, split, cfg, prefix: str, item_features) -> dict[str
     items = _item_embeddings(model, params, split.data.num_items, item_features)
     result = evaluate(user_embedder(model, params["model"]), items, split, _eval_config(cfg), cfg.model.max_len)
     return {f"{prefix}/{k}": float(v) for k, v in result.items()}
+
+
+def check_event_features(events: EventDataset, cfg: config_lib.Config) -> None:
+    """Refuses a `model.event_features` entry the data lacks (or whose ids overflow its embedding table)
+    with an error naming it, instead of a KeyError in the first step; logs which features the data has
+    (its optional columns become features silently: `FEATURE_COLUMNS`) and which the model uses."""
+    wanted, found = cfg.model.event_features, events.features
+    unknown = [f for f in wanted if f not in EVENT_FEATURES]
+    if unknown:
+        raise config_lib.ConfigError(f"model.event_features: unknown {unknown}; known: {', '.join(EVENT_FEATURES)}")
+    source = cfg.data.path or cfg.data.name
+    column = dict(FEATURE_COLUMNS, action="action") if cfg.data.name == "synthetic" else FEATURE_COLUMNS
+    missing = [f for f in wanted if f not in found]
+    if missing:
+        named = ", ".join(f"{f!r} (from a {column[f]!r} column)" for f in missing)
+        raise DataError(
+            f"model.event_features has {named}, which the data ({source}) lacks (it has {', '.join(found)}); "
+            f"leave it out: --set model.event_features={','.join(f for f in wanted if f in found)}"
+        )
+    for feature, rows in (("action", events.action_vocab), ("surface", events.surface_vocab)):
+        key = f"num_{feature}s"  # the embedding's rows: ids 1..n and padding 0
+        if feature in wanted and rows > getattr(cfg.model, key):
+            raise config_lib.ConfigError(
+                f"model.{key}={getattr(cfg.model, key)} is too small for the {rows - 1} {feature} values of the "
+                f"data ({source}); set model.{key}={rows} or leave {feature!r} out of model.event_features"
+            )
+    log.info(
+        "event features: the data (%s) has %s; the model uses %s (model.event_features)",
+        source,
+        ", ".join(f"{f} (column {column[f]!r})" if f in column else f for f in found),
+        ", ".join(wanted) or "none",
+    )
 
 
 def _prepare(cfg: config_lib.Config):
@@ -109,13 +143,12 @@ def run(cfg: config_lib.Config, workdir, resume: bool = False, interrupt_after_e
     mesh = mesh_lib.make_mesh(cfg.mesh.data, cfg.mesh.model)
     mesh_lib.check_batch_sizes(cfg, mesh, single_process="the retrieval trainer")
     workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    run_dir.check_workdir(workdir, cfg, resume)
+    resumed = run_dir.check_workdir(workdir, cfg, resume)  # reads only: nothing is written before the inputs pass
     r = cfg.retrieval
 
     events, test_split, valid_split, plan, counts, item_features = _prepare(cfg)
+    check_event_features(events, cfg)
     model = build_model(cfg.model, events.num_items)
-    run_dir.write_json(workdir / "config.json", config_lib.to_dict(cfg))
     log.info(
         "events %s: %d users, %d items, %d events; %d train users, %d valid users, %d test users; %d steps/epoch",
         events.name,
@@ -131,14 +164,15 @@ def run(cfg: config_lib.Config, workdir, resume: bool = False, interrupt_after_e
     tx = make_optimizer(cfg)
     # Item table rows split over `model`, batch rows over `data` (in-batch candidates: GSPMD gathers them).
     state = mesh_lib.shard_state(init_state(model, tx, cfg, plan(0)), mesh, cfg.mesh.fsdp)
-    checkpoints = RunCheckpoints(workdir)
-    state, record = restore_latest(checkpoints, state, workdir, resume)
-
     compile_start = time.perf_counter()
     step_fn = make_train_step(model, tx, cfg, events.num_items, counts, item_features)
     train_step = mesh_lib.compile_step(step_fn, state, plan(0), mesh, compiler_options())
     compile_seconds = time.perf_counter() - compile_start
     log.info("compiled the train step in %.1f s on a %s mesh", compile_seconds, dict(mesh.shape))
+
+    run_dir.write_config(workdir, cfg, resumed)  # the first write: the inputs are good and the model compiled
+    checkpoints = RunCheckpoints(workdir)
+    state, record = restore_latest(checkpoints, state, workdir, resume)  # same shapes and shardings
 
     return fit(
         cfg,

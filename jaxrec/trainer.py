@@ -81,8 +81,7 @@ def run(
     mesh = mesh_lib.make_mesh(cfg.mesh.data, cfg.mesh.model)
     mesh_lib.check_batch_sizes(cfg, mesh)
     workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    run_dir.check_workdir(workdir, cfg, resume)
+    resumed = run_dir.check_workdir(workdir, cfg, resume)  # reads only: nothing is written before the inputs pass
 
     dataset = load_dataset(cfg.data)
     split = leave_one_out(dataset, cfg.data.validation_users, cfg.data.seed)
@@ -102,7 +101,6 @@ def run(
     )
     negatives = draw_eval_negatives(split, cfg)
     evaluator = LeaveOneOutEvaluator(split, negatives, model, cfg, buckets, users, mesh)
-    run_dir.write_json(workdir / "config.json", config_lib.to_dict(cfg))  # process 0 writes run files
     log.info(
         "data %s: %d users, %d items, %d interactions; %d steps/epoch, buckets %s, %.0f%% padding",
         dataset.name,
@@ -116,11 +114,12 @@ def run(
 
     tx = make_optimizer(cfg)
     state = init_state(model, tx, cfg, mesh)
-    checkpoints = RunCheckpoints(workdir)
-    state, record = restore_latest(checkpoints, state, workdir, resume)
     steps, compile_seconds = compile_train_steps(
         make_train_step(model, tx, cfg, mesh, plan.mean_positions_per_batch), state, plan, mesh=mesh
     )
+    run_dir.write_config(workdir, cfg, resumed)  # the first write: the model compiled; process 0 writes run files
+    checkpoints = RunCheckpoints(workdir)
+    state, record = restore_latest(checkpoints, state, workdir, resume)  # same shapes and shardings
     log.info(
         "compiled %d train step shapes in %.1f s on a %s mesh",
         len(steps),
