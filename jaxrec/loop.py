@@ -1,14 +1,21 @@
 """The epoch loop every trainer shares: resume, train, validate, checkpoint, test the best checkpoint.
 
 A trainer (leave-one-out, two-tower retrieval, CTR) prepares its data, model, compiled step and
-evaluation, then hands them to `fit`. The host never waits on a step to dispatch the next one:
-losses stay on device and are read once per epoch (and at progress updates).
+evaluation, then hands them to `fit`. The host never waits on the step it just dispatched: losses stay on
+device and are read once per epoch (and at progress updates), and a `DispatchWindow` keeps at most a few
+steps in flight.
+
+Faults: a non-finite epoch loss stops the run before that epoch is checkpointed (`TrainingDiverged` names
+the first bad step); Ctrl-C stops at the next step boundary, after pending checkpoint writes complete
+(`Interrupted`; a second Ctrl-C stops at once); a failed checkpoint write raises `CheckpointError`.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,7 +25,7 @@ import jax
 import numpy as np
 
 from jaxrec import run_dir
-from jaxrec.checkpoint import RunCheckpoints
+from jaxrec.checkpoint import CheckpointError, RunCheckpoints
 from jaxrec.dispatch import DispatchWindow
 from jaxrec.progress import Progress
 
@@ -26,14 +33,50 @@ log = logging.getLogger("jaxrec")
 
 
 class TrainingDiverged(RuntimeError):
-    pass
+    """The training loss became NaN or infinite."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Training stopped by Ctrl-C at a step boundary; the message says which checkpoint to resume from."""
+
+
+class StopOnSignal:
+    """While active, the first SIGINT (Ctrl-C) only asks the loop to stop at the next step boundary, so it never
+    cuts a checkpoint write or a collective in half; a second one raises KeyboardInterrupt at once."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt("stopped at once by a second Ctrl-C")
+        self.requested = True
+        log.warning("Ctrl-C: stopping after this step (press again to stop at once)")
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+        return False
+
+
+def _latest_saved(checkpoints: RunCheckpoints) -> str:
+    step = checkpoints.latest_step()
+    return "none yet" if step is None else f"step {step}"
 
 
 def restore_latest(checkpoints: RunCheckpoints, state, workdir: Path, resume: bool):
-    """(state, record) to start from: the latest checkpoint with --resume, else a fresh record."""
+    """(state, record) to start from: with --resume the newest readable checkpoint (an unreadable newest one
+    is skipped with a warning, see `RunCheckpoints.restore_newest_readable`), else a fresh record."""
     record = {"epoch": 0, "best_value": -math.inf, "best_epoch": 0, "train_seconds": 0.0}
-    if resume and checkpoints.latest_step() is not None:
-        state, record = checkpoints.restore("latest", state)
+    restored = checkpoints.restore_newest_readable(state) if resume else None
+    if restored is not None:
+        state, record = restored
         run_dir.truncate_jsonl(workdir / "metrics.jsonl", int(state.step))
         log.info("resumed from step %d (epoch %d)", int(state.step), record["epoch"])
     elif resume:
@@ -76,7 +119,9 @@ def fit(
     train_seconds, epoch = float(record["train_seconds"]), record["epoch"]
     ended_by = "epochs"
     window = DispatchWindow()  # the host stays at most a few steps ahead (XLA:CPU deadlocks at 32)
+    stop = StopOnSignal()
     try:
+        stop.__enter__()
         while epoch < cfg.train.num_epochs:
             epoch += 1
             epoch_start = time.perf_counter()
@@ -86,13 +131,26 @@ def fit(
                 window.push(metrics["loss"])
                 losses.append(metrics["loss"])
                 step += 1
+                if stop.requested:
+                    checkpoints.wait()
+                    raise Interrupted(
+                        f"stopped by Ctrl-C at step {step} (epoch {epoch}); the latest checkpoint "
+                        f"({_latest_saved(checkpoints)}) is complete: --resume continues from it"
+                    )
                 if progress.enabled and step % cfg.train.log_every == 0:
                     examples = (step - progress.start_step) * cfg.train.batch_size
                     progress.update(step, epoch, float(metrics["loss"]), examples)
-            epoch_loss = float(np.mean(jax.device_get(losses)))
+            step_losses = np.asarray(jax.device_get(losses), np.float64)
+            epoch_loss = float(step_losses.mean())
             train_seconds += time.perf_counter() - epoch_start
-            if not np.isfinite(epoch_loss):
-                raise TrainingDiverged(f"training loss is {epoch_loss} at epoch {epoch}; lower train.learning_rate")
+            if not np.isfinite(epoch_loss):  # this epoch is not checkpointed: the last good one stays the latest
+                first_bad = int(np.flatnonzero(~np.isfinite(step_losses))[0])
+                checkpoints.wait()
+                raise TrainingDiverged(
+                    f"training loss is {step_losses[first_bad]} at step {step - len(step_losses) + first_bad + 1} "
+                    f"(epoch {epoch}); stopped before checkpointing it, the latest checkpoint "
+                    f"({_latest_saved(checkpoints)}) is intact; lower train.learning_rate in a new --workdir"
+                )
             record.update(epoch=epoch, train_seconds=train_seconds)
             capped = 0 < cfg.train.max_train_seconds <= train_seconds
             stalled = False
@@ -108,6 +166,9 @@ def fit(
                     "eval/seconds": time.perf_counter() - eval_start,
                     **valid,
                 }
+                # The line goes first: a resume from an earlier checkpoint drops it (truncate_jsonl), while a
+                # checkpoint without its line would leave a hole in the curve.
+                run_dir.append_jsonl(workdir / "metrics.jsonl", entry)
                 value = valid[select] if np.isfinite(valid[select]) else -math.inf
                 if value > record["best_value"] or record["best_epoch"] == 0:
                     record.update(best_value=value, best_epoch=epoch)
@@ -116,7 +177,6 @@ def fit(
                 checkpoints.wait()
                 patience = cfg.train.patience_epochs
                 stalled = patience > 0 and epoch - record["best_epoch"] >= patience
-                run_dir.append_jsonl(workdir / "metrics.jsonl", entry)
                 log.info(
                     "epoch %d loss %.4f %s %.4f (best %.4f @ %d)",
                     epoch,
@@ -155,6 +215,13 @@ def fit(
         final["eval/seconds"] = time.perf_counter() - eval_start
         run_dir.write_json(workdir / "metrics.json", final)
         return final
+    except BaseException as err:
+        try:  # let pending writes complete, so the latest checkpoint is whole; a second error would hide the first
+            checkpoints.wait()
+        except CheckpointError as second:
+            if not isinstance(err, CheckpointError):  # (a failed write fails its sibling too: one report)
+                log.warning("%s", second)
+        raise
     finally:
-        checkpoints.wait()
+        stop.__exit__()
         checkpoints.close()

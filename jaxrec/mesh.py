@@ -54,10 +54,10 @@ def logical_rules(fsdp: bool = False) -> dict[str, tuple[str, ...] | None]:
     }
 
 
-# The CTR rankers keep one CPU device by default (mesh.cpu_devices = 0): a 2-device DIN step on ML-1M,
-# on a 2-core host loaded by another run, stopped in an all-gather (XLA:CPU's 40 s rendezvous
-# termination kills the process). The split exists for attention's batched matmuls, which XLA:CPU runs
-# on one core; the rankers are mostly MLP and embedding GEMMs, which XLA:CPU already spreads over cores.
+# The CTR rankers keep one CPU device by default (mesh.cpu_devices = 0). The split exists for attention's
+# batched matmuls, which XLA:CPU runs on one core; the rankers are mostly MLP and embedding GEMMs, which
+# XLA:CPU already spreads over cores. (Their two-device runs once died in a rendezvous deadlock: that was the
+# host running 32 programs ahead, which `jaxrec.dispatch` now prevents for every model.)
 ONE_CPU_DEVICE_MODELS = CTR_MODELS
 
 
