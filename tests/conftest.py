@@ -12,6 +12,7 @@ import dataclasses  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import jax  # noqa: E402
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from jaxrec.config import Config, DataConfig, EvalConfig, ModelConfig, TrainConfig  # noqa: E402
@@ -52,3 +53,33 @@ def weight_stds(params) -> dict[str, float]:
         for path, leaf in jax.tree_util.tree_leaves_with_path(params)
         if path[-1].key in ("kernel", "item_embedding", "position_embedding")
     }
+
+
+def _scale(tree) -> float:
+    """max|x| over the finite entries of every leaf."""
+    leaves = (np.abs(np.asarray(x, np.float64)) for x in jax.tree.leaves(tree))
+    return max((x[np.isfinite(x)].max(initial=0.0) for x in leaves), default=0.0)
+
+
+def rel_error(actual, expected) -> float:
+    """max|actual - expected| / max|expected|, a pytree taken as one vector (the infinity-norm relative error)."""
+    diffs = jax.tree.map(lambda a, e: np.asarray(a, np.float64) - np.asarray(e, np.float64), actual, expected)
+    return _scale(diffs) / _scale(expected)
+
+
+def assert_close(actual, expected, rtol: float, err_msg: str = "") -> None:
+    """Assert max|actual - expected| <= rtol * max|expected|; a pytree (a gradient) is one vector, one scale.
+
+    For float results of two computations of one quantity (a fast path and its reference, sharded and single
+    device, chunked and whole). Their float32 sums round in different orders (and differently across CPUs:
+    AVX2 or AVX-512, XLA's tiling), which errs by some ulps of the largest terms: of order N * 1.2e-7 relative
+    for N terms at worst, sqrt(N) * 1.2e-7 typically. An element near zero (a gradient that cancels) carries the
+    rounding of its large neighbours, so an elementwise rtol is too strict there, and an absolute atol is right
+    at one magnitude only. Exact results (ids, counts, determinism) use assert_array_equal instead.
+    """
+    scale = _scale(expected)
+    a_leaves, e_leaves = jax.tree.leaves(actual), jax.tree_util.tree_leaves_with_path(expected)
+    assert len(a_leaves) == len(e_leaves), (len(a_leaves), len(e_leaves), err_msg)
+    for a, (path, e) in zip(a_leaves, e_leaves):
+        msg = f"{err_msg}{jax.tree_util.keystr(path)} (bound: rtol {rtol} x max|expected| {scale:.3g})"
+        np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(e, np.float64), 0, rtol * scale, err_msg=msg)

@@ -5,8 +5,12 @@ import pytest
 
 from jaxrec.layers import attention as attn
 from jaxrec.layers.dropout import keep_mask
+from tests.conftest import assert_close
 
 B, L, H, D = 3, 12, 2, 8
+# Float32 attention against float64 or another float32 order: logits sum D <= 10 terms, the softmax and the output
+# L = 12, N eps ~ 1.5e-6 each, three chained (their gradients as many again): 1e-5 of the largest value.
+RTOL = 1e-5
 
 
 def _inputs(seed=0):
@@ -39,7 +43,7 @@ def test_implementations_match_naive(impl, causal):
     q, k, v, valid = _inputs()
     mask = attn.causal_padding_mask(valid, causal=causal)
     out = attn.attention(q, k, v, implementation=impl, mask_BxLxS=mask)
-    np.testing.assert_allclose(out, _naive(q, k, v, mask), atol=1e-5)
+    assert_close(out, _naive(q, k, v, mask), RTOL)
     assert not np.any(np.asarray(out[2]))  # the all-padding row is exactly zero
 
 
@@ -49,7 +53,7 @@ def test_additive_bias_is_applied(impl):
     mask = attn.causal_padding_mask(valid, causal=True)
     bias = jax.random.normal(jax.random.key(5), (B, H, L, L))
     out = attn.attention(q, k, v, implementation=impl, mask_BxLxS=mask, bias_BxHxLxS=bias)
-    np.testing.assert_allclose(out, _naive(q, k, v, mask, bias), atol=1e-5)
+    assert_close(out, _naive(q, k, v, mask, bias), RTOL)
 
 
 @pytest.mark.parametrize("impl", ["reference", "xla", "causal_blocked"])
@@ -63,9 +67,9 @@ def test_gradients_finite_with_padding_and_match_reference(impl):
     grad = jax.jit(jax.grad(loss, argnums=(0, 1, 2)), static_argnums=3)  # eager grads are slow on CPU
     grads = grad(q, k, v, impl)
     ref = grad(q, k, v, "reference")
-    for g, r in zip(grads, ref):
+    for name, g, r in zip("qkv", grads, ref):
         assert np.all(np.isfinite(g))
-        np.testing.assert_allclose(g, r, atol=1e-5)
+        assert_close(g, r, RTOL, err_msg=f"d{name}")
 
 
 def test_blocked_attention_dropout_is_causal_and_deterministic():
@@ -132,7 +136,7 @@ def _check_against_naive(impl, causal, kwargs, grads=True):
     q, k, v, valid = _odd_head_inputs()
     mask = _padding_mask(valid, causal)
     out = attn.attention(q, k, v, implementation=impl, mask_BxLxS=mask, **kwargs)
-    np.testing.assert_allclose(out, _naive(q, k, v, mask), atol=1e-5)
+    assert_close(out, _naive(q, k, v, mask), RTOL)
     assert not np.any(np.asarray(out[2])) and not np.any(np.asarray(out[1, : L - 5]))  # padding rows: zeros
     if grads:
 
@@ -141,9 +145,9 @@ def _check_against_naive(impl, causal, kwargs, grads=True):
 
         got = jax.grad(loss, argnums=(0, 1, 2))(q, k, v, impl, kwargs)
         want = jax.grad(loss, argnums=(0, 1, 2))(q, k, v, "reference", {})
-        for g, r in zip(got, want):
+        for name, g, r in zip("qkv", got, want):
             assert np.all(np.isfinite(g))
-            np.testing.assert_allclose(g, r, atol=1e-5)
+            assert_close(g, r, RTOL, err_msg=f"d{name}")
 
 
 @pytest.mark.parametrize(
@@ -160,7 +164,7 @@ def test_cudnn_general_path_takes_any_mask_and_a_bias():
     bias = jax.random.normal(jax.random.key(4), (B, H, L, L))
     out = attn.attention(q, k, v, implementation="cudnn", mask_BxLxS=mask, bias_BxHxLxS=bias, **CUDNN_VIA_XLA)
     want = attn.attention(q, k, v, implementation="reference", mask_BxLxS=mask, bias_BxHxLxS=bias)
-    np.testing.assert_allclose(out, want, atol=1e-5)
+    assert_close(out, want, RTOL)
 
 
 @pytest.mark.parametrize("impl, causal", [("pallas_flash_causal", True), ("pallas_flash", False)])
@@ -205,7 +209,7 @@ def test_trusting_kernels_fall_back_to_reference_for_last_only_queries(impl, mon
     mask = attn.causal_padding_mask(valid, causal=True)[:, -1:]
     out = attn.attention(q[:, -1:], k, v, implementation=impl, mask_BxLxS=mask)
     want = attn.attention(q[:, -1:], k, v, implementation="reference", mask_BxLxS=mask)
-    np.testing.assert_allclose(out, want, atol=1e-6)
+    assert_close(out, want, rtol=1e-6)  # the reference both times: a few ulps at most
 
 
 @pytest.mark.parametrize(

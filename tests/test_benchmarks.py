@@ -24,6 +24,26 @@ def test_train_throughput_smoke(tmp_path):
     ):
         assert figures[name]["value"] > 0, name
         assert figures[name]["device"] and figures[name]["jax"]
+    value = {name: r["value"] for name, r in figures.items()}  # rounded to 4 decimals: rel 2e-2 allows for it
+    epoch = figures["train/epoch_seconds"]
+    # The smoke config's shapes (300 synthetic users, batch 32, length 16, hidden 16), as asked.
+    assert {k: epoch[k] for k in ("users", "batch_size", "max_len", "hidden")} == dict(
+        users=300, batch_size=32, max_len=16, hidden=16
+    )
+    # An epoch is every user's sequence once: sequences/s x epoch seconds = 300.
+    assert value["train/sequences_per_s"] * value["train/epoch_seconds"] == pytest.approx(300, rel=2e-2)
+    assert 1.0 <= value["train/tokens_per_s"] / value["train/sequences_per_s"] <= 16  # real targets per sequence
+    buckets = figures["train/compile_seconds"]["buckets"]
+    assert {f"train/step_ms[{b}]" for b in buckets} == {name for name in figures if name.startswith("train/step_ms")}
+    naive_steps = figures["baseline/naive_flax_epoch_seconds"]["steps"]
+    assert naive_steps == -(-300 // 32) and epoch["steps"] >= naive_steps  # buckets split batches, never merge
+    assert value["baseline/naive_flax_epoch_seconds"] == pytest.approx(
+        value["baseline/naive_flax_step_ms"] / 1000 * naive_steps, rel=2e-2
+    )
+    speedup = value["speedup/epoch_vs_naive_flax"]
+    assert np.isfinite(speedup) and speedup == pytest.approx(
+        value["baseline/naive_flax_epoch_seconds"] / value["train/epoch_seconds"], rel=2e-2
+    )
     written = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["figure"] for r in written] == [r["figure"] for r in records]
 
@@ -74,11 +94,27 @@ def test_loss_bench_smoke_checks_chunked_against_naive(tmp_path):
     out = tmp_path / "loss.jsonl"
     records = loss_bench.main(["--smoke", "--out", str(out)])
     checks = [r for r in records if r["figure"] == "check"]
+    assert [r["items"] for r in checks] == [500]  # only where naive runs (--naive-max 500 in smoke)
     assert checks and all(max(r["max_relative_error"].values()) < 1e-5 for r in checks)
-    assert all(r["chunked_over_naive_time"] > 0 for r in checks)
+    # Inputs of scale 0.1 give near-uniform logits: the CE over the 500 real items is about log 500.
+    assert checks[0]["loss"] == pytest.approx(np.log(500), rel=1e-2)
+    assert all(0.05 < r["chunked_over_naive_time"] < 20 for r in checks)  # finite and plausible at these sizes
     steps = {(r["impl"], r["items"]): r for r in records if r["figure"] == "loss_step"}
+    assert set(steps) == {(impl, items) for impl in ("chunked", "naive", "sampled") for items in (500, 3000)}
+    assert not [key for key, r in steps.items() if "error" in r]
     assert steps[("chunked", 3000)]["ran"] and not steps[("naive", 3000)]["ran"]  # above --naive-max
-    assert steps[("naive", 3000)]["xla_peak_bytes"] > 0 and steps[("chunked", 500)]["step_ms"] > 0
+    positions, dim = checks[0]["positions"], checks[0]["dim"]
+    for (impl, items), r in steps.items():
+        # Resident: the temporaries plus at least the table argument and its gradient output.
+        assert r["xla_peak_bytes"] >= r["xla_temp_bytes"] + 2 * (items + 1) * dim * 4, (impl, items)
+        if r["ran"]:
+            assert r["repeats"] == 2 and r["step_ms_min"] <= r["step_ms"] <= r["step_ms_max"], (impl, items)
+    for items in (500, 3000):
+        assert steps[("naive", items)]["xla_temp_bytes"] >= positions * items * 4  # its N x V logits
+    sampled = [steps[("sampled", items)] for items in (500, 3000)]
+    assert all(r["finite"] and r["negatives"] == 64 for r in sampled)
+    # N x M candidate logits: the sampled step's temporaries do not grow with the catalogue.
+    assert sampled[1]["xla_temp_bytes"] <= 1.1 * sampled[0]["xla_temp_bytes"]
     assert len(out.read_text().splitlines()) == len(records)
 
 
@@ -90,7 +126,14 @@ def test_retrieval_scale_step_never_builds_users_by_catalogue(tmp_path):
     args = ["--items", str(items), "--users", str(users), "--negatives", "256", "--max-len", "4", "--hidden", "8"]
     records = retrieval_scale.main(args + ["--steps", "2", "--out", str(tmp_path / "scale.jsonl")])
     figures = {r["figure"]: r["value"] for r in records}
-    assert figures["steps_per_s"] > 0 and np.isfinite(figures["final_loss"])
+    assert all((r["items"], r["users"], r["negatives"], r["hidden"]) == (items, users, 256, 8) for r in records)
+    assert figures["steps_per_s"] * figures["step_ms"] == pytest.approx(1000, rel=1e-3)  # 4 decimals each
+    assert np.isfinite(figures["final_loss"]) and figures["final_loss"] > 0  # a softmax CE
+    # The item table (ids 0..items padded to a multiple of 128, x hidden, float32) is nearly all the parameters.
+    table_bytes = -(-(items + 1) // 128) * 128 * 8 * 4
+    assert table_bytes <= figures["param_bytes"] <= 1.02 * table_bytes
+    # Resident: temporaries plus at least the parameters and Adam's two moments (arguments of the step).
+    assert figures["xla_peak_bytes"] >= figures["xla_temp_bytes"] + 3 * figures["param_bytes"]
     # A users x catalogue float32 matrix alone would be 51 MB; the step's temporaries are a fraction of it.
     assert figures["xla_temp_bytes"] < users * items * 4 / 4, figures["xla_temp_bytes"]
 

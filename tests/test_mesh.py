@@ -18,9 +18,12 @@ from jaxrec.data.synthetic import generate
 from jaxrec.models import build_model
 from jaxrec.train_step import init_state, make_optimizer, make_train_step
 from jaxrec.trainer import compile_train_steps
-from tests.conftest import replace
+from tests.conftest import assert_close, replace
 
 STEPS = 20
+# Losses (1-6) of a trajectory on a mesh against one device: each step's float32 sums over 300 items and 256
+# positions run in per-shard order, ~1e-6 of the loss, carried through the steps; 1e-5 bounds it.
+LOSS_RTOL = 1e-5
 
 
 def _setup(cfg):
@@ -128,7 +131,7 @@ def test_sharded_trajectory_matches_one_device(mesh_config, loss):
     cfg = replace(mesh_config, model=dict(loss=loss, ce_chunk=64))  # ce_chunked: vocabulary-parallel on (4, 2)
     reference, _ = _trajectory(cfg, None)
     sharded, _ = _trajectory(cfg, mesh_lib.make_mesh(4, 2))
-    np.testing.assert_allclose(sharded, reference, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(sharded, reference, rtol=LOSS_RTOL)
     assert reference[-1] < reference[0]  # it trained
 
 
@@ -139,10 +142,10 @@ def test_sharded_trajectory_matches_one_device_on_every_mesh(mesh_config, loss, 
     cfg = replace(mesh_config, model=dict(loss=loss, ce_chunk=64))
     reference, ref_state = _trajectory(cfg, None)
     sharded, state = _trajectory(cfg, mesh_lib.make_mesh(*shape))
-    np.testing.assert_allclose(sharded, reference, rtol=0, atol=1e-5)
-    np.testing.assert_allclose(
-        np.asarray(state.params["item_embedding"]), np.asarray(ref_state.params["item_embedding"]), atol=1e-4
-    )
+    np.testing.assert_allclose(sharded, reference, rtol=LOSS_RTOL)
+    # After 20 Adam steps: each step's ~1e-6 gradient rounding, divided by Adam's normaliser (which enlarges it
+    # for small gradients); 1e-4 of the largest entry.
+    assert_close(state.params["item_embedding"], ref_state.params["item_embedding"], rtol=1e-4)
 
 
 # The default run keeps the mesh that exercises both shard kinds; test_losses covers one device.
@@ -173,9 +176,21 @@ def test_memory_report_counts_shards(mesh_config):
 
 
 def test_largest_hlo_values_finds_the_biggest_array():
-    compiled = jax.jit(lambda x: (jnp.outer(x, x) * 2).sum()).lower(jnp.ones(300)).compile()
-    (name, shape, size), *_ = mesh_lib.largest_hlo_values(compiled.as_text())
-    assert size >= 300 * 300 * 4 or size == 0 or shape  # fused programs may not materialise the outer
+    # The program returns the outer product, so every compilation materialises a f32[300,300] value.
+    compiled = jax.jit(lambda x: jnp.outer(x, x) * 2).lower(jnp.ones(300)).compile()
+    found = mesh_lib.largest_hlo_values(compiled.as_text())
+    assert len(found) == 3
+    assert found[0][1:] == ("f32[300,300]", 300 * 300 * 4)
+    assert [size for *_, size in found] == sorted((size for *_, size in found), reverse=True)
+    # Bytes per dtype, scalars, ROOT lines and `top`, on a hand-written module.
+    hlo = """
+  %p = pred[10,10]{1,0} parameter(0)
+  %h = bf16[64]{0} convert(%x)
+  %s = f32[] constant(0)
+  ROOT %w = s64[8,2]{1,0} add(%a, %b)
+"""
+    assert mesh_lib.largest_hlo_values(hlo, top=2) == [("h", "bf16[64]", 128), ("w", "s64[8,2]", 128)]
+    assert mesh_lib.largest_hlo_values(hlo, top=4)[2:] == [("p", "pred[10,10]", 100), ("s", "f32[]", 4)]
 
 
 def _epoch_losses(workdir):
@@ -208,7 +223,9 @@ def test_retrieval_and_ctr_trainers_train_the_same_on_a_mesh(tmp_path, kind):
     np.testing.assert_allclose(_epoch_losses(tmp_path / "mesh"), _epoch_losses(tmp_path / "one"), rtol=1e-4)
     for key, value in one.items():
         if key.startswith("test/"):
-            assert sharded[key] == pytest.approx(value, abs=2e-3), key
+            # The models differ by float32 rounding (~1e-6); metrics follow it unless a near-tie ranks the other
+            # way (none here: all equal to 1e-8), entropy and counts included.
+            assert sharded[key] == pytest.approx(value, rel=2e-3), key
 
 
 @pytest.mark.slow  # moved out of the default run (its ~10-minute budget); .ci/run runs it
@@ -218,7 +235,7 @@ def test_micro_batched_data_parallel_step_matches_one_device(mesh_config):
     cfg = replace(mesh_config, train=dict(micro_batch=4))
     reference, _ = _trajectory(cfg, None, steps=8)
     sharded, _ = _trajectory(cfg, mesh_lib.make_mesh(2, 1), steps=8)
-    np.testing.assert_allclose(sharded, reference, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(sharded, reference, rtol=LOSS_RTOL)
 
 
 def test_cpu_device_count_divides_the_batch_sizes(tiny_config, monkeypatch):

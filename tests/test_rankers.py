@@ -13,6 +13,7 @@ from jaxrec.ctr_step import init_state, make_predict, minibatch_l2, model_inputs
 from jaxrec.models import MODELS
 from jaxrec.models.rankers import build_ranker, time_buckets
 from jaxrec.train_step import make_optimizer
+from tests.conftest import assert_close
 
 ITEMS, GENRES, USER_VOCAB, B, L = 30, 5, 12, 4, 6
 ACTIONS = 6  # action_vocab: ids 1..5 (ratings) and padding 0
@@ -72,7 +73,7 @@ def test_shapes_and_finiteness_with_and_without_jit(name):
     assert logits.shape == (B,) and logits.dtype == jnp.float32 and np.isfinite(logits).all()
     if name == "wdl":  # eager once (op by op is slow on CPU): the same numbers as under jit
         eager = make_predict(model, _categories())(state.params, state.batch_stats, _batch())
-        np.testing.assert_allclose(eager, logits, rtol=1e-5, atol=1e-6)
+        assert_close(eager, logits, rtol=1e-5)  # fused and unfused float32 sums of <= ~50 terms: N eps ~ 6e-6
     if name not in ("wdl", "din"):
         return
     # Without genres and user fields the models run on item ids and times alone.
@@ -121,12 +122,12 @@ def test_bst_time_difference_embedding_changes_the_output_when_only_timestamps_c
     moved = np.asarray(_apply(model, state, earlier)[0])
     has_history = (batch["history_BxL"] > 0).any(axis=1)
     assert np.all(np.abs(moved - base)[has_history] > 1e-6)
-    np.testing.assert_allclose(moved[~has_history], base[~has_history], rtol=1e-6)  # nothing to move
+    assert_close(moved[~has_history], base[~has_history], rtol=1e-6)  # nothing to move: the same row's sums
     # Same buckets, same output: the feature is the bucketed difference, not the raw seconds.
     same_bucket = dict(batch, time_B=batch["time_B"] + 1)
     seconds = batch["time_B"][:, None] - batch["history_time_BxL"]
     if np.array_equal(time_buckets(seconds, 32), time_buckets(seconds + 1, 32)):
-        np.testing.assert_allclose(np.asarray(_apply(model, state, same_bucket)[0]), base, rtol=1e-6)
+        assert_close(_apply(model, state, same_bucket)[0], base, rtol=1e-6)  # the same inputs: a few ulps at most
 
 
 @pytest.mark.parametrize("name", ["wdl_seq", "din", "bst"])
@@ -143,7 +144,7 @@ def test_history_actions_change_the_output_only_when_enabled(name):
     assert state.params["embed"]["action"].shape == (ACTIONS + 1, cfg.model.hidden)  # + the candidate's row
     base, moved = (np.asarray(_apply(model, state, b)[0]) for b in (batch, flipped))
     assert np.all(np.abs(moved - base)[has_history] > 1e-6)
-    np.testing.assert_allclose(moved[~has_history], base[~has_history], rtol=1e-6)  # no history, nothing to read
+    assert_close(moved[~has_history], base[~has_history], rtol=1e-6)  # no history, nothing to read
     _, plain, plain_state = _setup(name)  # the flag off: actions are not an input
     assert "action" not in plain_state.params["embed"]
     np.testing.assert_array_equal(_apply(plain, plain_state, batch)[0], _apply(plain, plain_state, flipped)[0])
@@ -203,5 +204,120 @@ def test_wide_option_adds_wdls_wide_part(name):
     candidate = _batch()["candidate_B"][0]
     bumped = state.replace(params={**state.params, "wide_item": state.params["wide_item"].at[candidate].add(1.0)})
     changed, _ = _apply(model, bumped, _batch())
-    assert float(changed[0] - base[0]) == pytest.approx(1.0, abs=1e-4)
+    assert float(changed[0] - base[0]) == pytest.approx(1.0, rel=1e-5)  # logits ~1 apart: a few ulps of them
     assert "wide_item" not in _setup(name)[2].params  # off by default, as the papers
+
+
+# Forward references in float64 numpy, written from the module docstring, not from the Linen code. The
+# initialised parameters are perturbed first: biases, LayerNorm scales, Dice's alpha and statistics and the
+# wide weights all start at 0 or 1, where a reference that left them out would still agree.
+def _perturbed(state, seed: int = 0):
+    keys = iter(jax.random.split(jax.random.key(seed), 64))
+
+    def shift(x):
+        return np.asarray(x, np.float64) + 0.2 * np.asarray(jax.random.normal(next(keys), x.shape))
+
+    params, stats = jax.tree.map(shift, state.params), jax.tree.map(shift, state.batch_stats)
+    stats = jax.tree_util.tree_map_with_path(lambda p, x: np.abs(x) if p[-1].key == "var" else x, stats)
+    return params, stats
+
+
+def _np_inputs(p, batch, categories):
+    """(history B x L x E, mask B x L, candidate B x E, user fields B x F D) as the module docstring says."""
+    embed = p["embed"]
+
+    def events(ids):
+        genres = categories[ids]
+        mean_genre = genres @ embed["genre"] / np.maximum(genres.sum(-1, keepdims=True), 1.0)
+        return np.concatenate([embed["item"][ids], mean_genre], axis=-1)
+
+    history = batch["history_BxL"]
+    user = embed["user"][batch["user_BxF"]].reshape(len(history), -1)
+    return events(history), history > 0, events(batch["candidate_B"]), user
+
+
+def _np_mlp(p, x, act):
+    for i in range(len([k for k in p if k.startswith("dense_")])):
+        x = act(x @ p[f"dense_{i}"]["kernel"] + p[f"dense_{i}"]["bias"], i)
+    return x
+
+
+def _np_dense(p, x):
+    return x @ p["kernel"] + p["bias"]
+
+
+def _np_relu(x, _):
+    return np.maximum(x, 0.0)
+
+
+def _np_layer_norm(p, x, eps=1e-6):
+    centred = x - x.mean(-1, keepdims=True)
+    return centred / np.sqrt((centred**2).mean(-1, keepdims=True) + eps) * p["scale"] + p["bias"]
+
+
+def _np_wdl_seq(p, stats, batch, categories):
+    hist, mask, cand, user = _np_inputs(p, batch, categories)
+    pooled = (hist * mask[..., None]).sum(1) / np.maximum(mask.sum(1, keepdims=True), 1)
+    deep = _np_dense(p["head"], _np_mlp(p["mlp"], np.concatenate([user, cand, pooled], -1), _np_relu))[:, 0]
+    c, genres, u = batch["candidate_B"], categories[batch["candidate_B"]], batch["user_BxF"]
+    wide = p["wide_item"][c] + genres @ p["wide_genre"] + p["wide_user"][u].sum(-1)
+    wide += (p["wide_cross"][u] * genres[:, None, :]).sum((1, 2))
+    return deep + wide
+
+
+def _np_din(p, stats, batch, categories):
+    hist, mask, cand, user = _np_inputs(p, batch, categories)
+
+    def dice(mlp):  # inference: the moving averages, then p s + (1 - p) alpha s
+        def act(x, i):
+            s, alpha = stats[mlp][f"dice_{i}"], p[mlp][f"dice_{i}"]["alpha"]
+            prob = 1 / (1 + np.exp(-(x - s["mean"]) / np.sqrt(s["var"] + 1e-8)))
+            return prob * x + (1 - prob) * alpha * x
+
+        return act
+
+    cand_l = np.broadcast_to(cand[:, None], hist.shape)
+    unit_in = np.concatenate([hist, cand_l, hist - cand_l, hist * cand_l], -1)
+    hidden = _np_mlp(p["attention_mlp"], unit_in, dice("attention_mlp"))
+    weights = np.where(mask, _np_dense(p["attention_out"], hidden)[..., 0], 0.0)  # unnormalised
+    interest = (weights[..., None] * hist).sum(1)
+    deep_in = np.concatenate([user, cand, interest], -1)
+    return _np_dense(p["head"], _np_mlp(p["mlp"], deep_in, dice("mlp")))[:, 0]
+
+
+def _np_bst(p, stats, batch, categories, num_heads=2, buckets=32):
+    hist, mask, cand, user = _np_inputs(p, batch, categories)
+    seconds = np.maximum(batch["time_B"][:, None].astype(np.int64) - batch["history_time_BxL"], 0)
+    bucket = np.where(mask, np.clip(1 + np.floor(np.log2(1.0 + seconds)).astype(int), 1, buckets - 1), 0)
+    bucket = np.concatenate([bucket, np.ones_like(bucket[:, :1])], 1)  # the candidate: 0 s, bucket 1
+    valid = np.concatenate([mask, np.ones_like(mask[:, :1])], 1)
+    x = np.concatenate([np.concatenate([hist, cand[:, None]], 1), p["time_embedding"][bucket]], -1)
+    x = x * valid[..., None]
+    blk = p["block_0"]
+    b, s, t = x.shape
+    q, k, v = (_np_dense(blk["attention"][n], x).reshape(b, s, num_heads, -1) for n in ("query", "key", "value"))
+    logits = np.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(t // num_heads)
+    logits = np.where(valid[:, None, None, :], logits, -np.inf)
+    attn = np.exp(logits - logits.max(-1, keepdims=True))
+    attn /= attn.sum(-1, keepdims=True)
+    heads = np.einsum("bhqk,bkhd->bqhd", attn, v).reshape(b, s, t)
+    x = _np_layer_norm(blk["attention_norm"], x + _np_dense(blk["attention_out"], heads))
+    ffn_hidden = _np_dense(blk["ffn_in"], x)
+    ffn_hidden = np.where(ffn_hidden > 0, ffn_hidden, 0.01 * ffn_hidden)  # leaky ReLU
+    x = _np_layer_norm(blk["ffn_norm"], x + _np_dense(blk["ffn_out"], ffn_hidden)) * valid[..., None]
+    deep_in = np.concatenate([user, x.reshape(b, s * t)], -1)
+    return _np_dense(p["head"], _np_mlp(p["mlp"], deep_in, _np_relu))[:, 0]
+
+
+@pytest.mark.parametrize("name, reference", [("wdl_seq", _np_wdl_seq), ("din", _np_din), ("bst", _np_bst)])
+def test_forward_matches_a_numpy_reference(name, reference):
+    """model.apply (inference, float32) against the float64 reference on the same parameters: sums of at most
+    ~200 float32 terms, so a relative error of some 1e-6 of the largest logit."""
+    _, model, state = _setup(name)
+    params, stats = _perturbed(state)
+    batch = _batch(1)
+    expected = reference(params, stats, {k: np.asarray(v) for k, v in batch.items()}, _categories().astype(np.float64))
+    variables = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), {"params": params, "batch_stats": stats})
+    logits, _ = jax.jit(model.apply)(variables, model_inputs(batch, _categories()))
+    assert np.abs(expected).max() > 0.1  # a non-degenerate check
+    assert_close(logits, expected, rtol=1e-5)

@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from jaxrec import retrieval_trainer, trainer
+from jaxrec import retrieval_trainer, temporal, trainer
 from jaxrec.config import Config, DataConfig, EvalConfig, ModelConfig, RetrievalConfig, TrainConfig
-from jaxrec.data.events import synthetic_events
+from jaxrec.data.events import load_events, synthetic_events
 from jaxrec.data.retrieval_batches import RetrievalBatches
 from tests.conftest import replace
 
@@ -73,16 +73,38 @@ def _config(**retrieval) -> Config:
     )
 
 
-def test_training_beats_chance_and_reports_the_temporal_metrics(tmp_path):
-    metrics = trainer.run(_config(), tmp_path / "run")
-    chance = 50 / 150  # a random top 50 of 150 items
-    assert metrics["test/recall@50"] > chance + 0.1, metrics
+def _popularity_metrics(cfg: Config) -> dict[str, float]:
+    """The most-popular ranking (counts of the events before the test cut-off) under the trainer's test protocol:
+    the same points, positives and exclusion of each user's seen items (temporal.evaluate, one-dimensional towers)."""
+    events = load_events(cfg.data)
+    split = temporal.temporal_split(events, cfg.retrieval.test_fraction, cfg.retrieval.unseen_users_only)
+    counts_I = np.bincount(np.concatenate(split.train.items), minlength=events.num_items + 1)
+    r = cfg.retrieval
+    eval_cfg = temporal.TemporalEvalConfig(r.eval_mode, r.eval_window_unit, r.eval_window, ks=r.ks)
+    every_user = lambda batch: np.ones((len(batch["item_ids_BxL"]), 1), np.float32)  # noqa: E731
+    return temporal.evaluate(every_user, counts_I[:, None].astype(np.float32), split, eval_cfg, cfg.model.max_len)
+
+
+def test_training_beats_popularity_and_reports_the_temporal_metrics(tmp_path):
+    """The synthetic walk follows an item's successors 70% of the time: scored on the next event, a user tower
+    that learnt it beats the most popular unseen items by far (about 0.65 against 0.36 recall@10 at train seeds
+    0, 1, 2; the time features slow that learning down past this budget, so they are left out here)."""
+    cfg = replace(
+        _config(objective="dense_next", eval_window=1.0),
+        model=dict(hidden=32, event_features=("action", "surface", "duration")),
+        train=dict(num_epochs=12, batch_size=16),
+        eval=dict(every_epochs=4),
+    )
+    metrics = trainer.run(cfg, tmp_path / "run")
+    popularity = _popularity_metrics(cfg)
+    assert metrics["test/points"] == popularity["points"]
+    assert metrics["test/recall@10"] > popularity["recall@10"] + 0.15, (metrics, popularity)
     assert 0.0 < metrics["test/p90_coverage@10"] <= 1.0 and metrics["test/entropy@50"] > 0.0
     lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert [line["epoch"] for line in lines] == [1, 2, 3] and all("valid/recall@10" in line for line in lines)
+    assert [line["epoch"] for line in lines] == [4, 8, 12] and all("valid/recall@10" in line for line in lines)
     # The best checkpoint, evaluated again: the same figures "once", more points "realtime".
     again = retrieval_trainer.evaluate_checkpoint(tmp_path / "run")
-    assert again["test/recall@10"] == pytest.approx(metrics["test/recall@10"], abs=1e-6)
+    assert again["test/recall@10"] == pytest.approx(metrics["test/recall@10"], rel=1e-6)  # float64 sums
     realtime = retrieval_trainer.evaluate_checkpoint(tmp_path / "run", ["retrieval.eval_mode=realtime"])
     assert realtime["test/points"] > metrics["test/points"] and 0.0 < realtime["test/recall@10"] <= 1.0
 
@@ -109,7 +131,11 @@ def test_every_sampler_and_objective_trains(tmp_path, negatives):
     objective = {"in_batch": "next", "uniform": "dense_next", "popularity": "all_action"}[negatives]
     cfg = replace(
         _config(negatives=negatives, objective=objective, frequency="exact", logq=negatives != "uniform"),
-        train=dict(num_epochs=1),
+        train=dict(num_epochs=2),
     )
     metrics = trainer.run(cfg, tmp_path / negatives)
     assert np.isfinite(metrics["test/recall@10"]) and metrics["test/points"] > 0
+    # It learns: the second epoch's mean loss is well below the first's (about 0.7 of it for each sampler).
+    lines = [json.loads(line) for line in (tmp_path / negatives / "metrics.jsonl").read_text().splitlines()]
+    first, second = (line["train/loss"] for line in lines)
+    assert second < 0.85 * first, (first, second)

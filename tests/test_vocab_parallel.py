@@ -13,7 +13,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxrec import losses, retrieval, vocab_parallel
-from tests.conftest import REPO
+from tests.conftest import REPO, assert_close
 
 MESHES = [(8, 1), (4, 2), (2, 4), (1, 8)]
 N, V, D, NUM_ITEMS = 32, 256, 8, 200  # with 8 "model" shards, the last (rows 224..255) is all padding
@@ -58,9 +58,11 @@ def test_sharded_softmax_ce_equals_the_full_softmax(shape, chunk, ce_inputs, ce_
     fn = jax.jit(jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True))
     (loss, count), (g_h, g_table) = fn(put(mesh, h, "data", None), put(mesh, table, "model", None))
     assert float(count) == float(ref_count) == N - 3
-    np.testing.assert_allclose(loss, ref_loss, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(g_h, ref_gh, atol=1e-5)
-    np.testing.assert_allclose(g_table, ref_gt, atol=1e-5)
+    # Float32 sums over V = 256 rows and N = 32 positions in per-shard order: sqrt(N) eps ~ 2e-6 typical, 1e-5 of
+    # the largest value bounds them.
+    np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
+    assert_close(g_h, ref_gh, rtol=1e-5)
+    assert_close(g_table, ref_gt, rtol=1e-5)
     # Padding rows (id 0 and beyond num_items) get no probability, hence exactly no gradient.
     assert not np.asarray(g_table)[0].any() and not np.asarray(g_table)[NUM_ITEMS + 1 :].any()
 
@@ -112,12 +114,14 @@ def test_sharded_sampled_softmax_equals_the_unsharded_loss(shape, n):
     (ref, ref_aux), ref_grads = jax.jit(jax.value_and_grad(reference, argnums=(0, 1), has_aux=True))(query, table)
     args = put(mesh, query, "data", None), put(mesh, table, "model", None)
     (loss, aux), grads = jax.jit(jax.value_and_grad(sharded, argnums=(0, 1), has_aux=True))(*args)
-    np.testing.assert_allclose(loss, ref, rtol=1e-5, atol=1e-5)
-    for name in ("count", "normaliser", "accidental_hits"):
-        np.testing.assert_allclose(aux[name], ref_aux[name], rtol=1e-6, err_msg=name)
+    # Float32 sums over 44 candidates and 32 examples in per-shard order, as above.
+    np.testing.assert_allclose(loss, ref, rtol=1e-5)
+    np.testing.assert_array_equal(aux["count"], ref_aux["count"])  # a sum of 0/1 flags: exact in float32
+    np.testing.assert_allclose(aux["normaliser"], ref_aux["normaliser"], rtol=4e-6)  # 32 positive weights: N eps
+    np.testing.assert_allclose(aux["accidental_hits"], ref_aux["accidental_hits"], rtol=1e-6)  # a few roundings
     assert float(aux["num_candidates"]) == n + 12
-    for got, want in zip(grads, ref_grads, strict=True):
-        np.testing.assert_allclose(got, want, atol=1e-5)
+    for name, got, want in zip(("query", "table"), grads, ref_grads, strict=True):
+        assert_close(got, want, rtol=1e-5, err_msg=name)
 
 
 def test_in_batch_candidates_include_every_data_shards_positives():
@@ -177,7 +181,7 @@ def test_sharded_top_k_equals_top_k_over_the_gathered_table(shape, top_k_inputs)
 
     scores, ids = jax.jit(fn)(user, table, exclude)
     np.testing.assert_array_equal(ids, ref_ids)
-    np.testing.assert_allclose(scores, ref_scores, rtol=1e-5, atol=1e-5)
+    assert_close(scores, ref_scores, rtol=1e-5)  # dot products of D = 8 terms, maybe in another order: N eps ~ 1e-6
     ids = np.asarray(ids)
     assert ((ids >= 1) & (ids <= NUM_ITEMS)).all()
     assert not any(set(ids[b]) & set(np.asarray(exclude)[b]) for b in range(ids.shape[0]))
@@ -196,19 +200,24 @@ def test_top_k_past_the_remaining_items_pads_with_minus_one(top_k_inputs):
 
 
 @pytest.mark.parametrize("shape", [None, (2, 4)])
-def test_approx_top_k_recall(shape):
-    """Recall@10 of approx_max_k against the exact top 10 is at least 0.9 (on CPU, where XLA falls back to an exact
-    sort, it is 1.0; the approximation happens on TPU only)."""
+def test_approx_top_k_path_returns_the_exact_top_k_off_tpu(shape):
+    """The `approx=True` path (approx_max_k per shard, local ids mapped back to global ones) returns the exact
+    top 10, ids and scores, where XLA computes approx_max_k exactly (CPU, GPU). It says nothing about the
+    approximation's recall, which only a TPU exercises; there the test asks for recall@10 >= 0.9."""
     rows = 4096
     user = jax.random.normal(jax.random.key(5), (32, D))
     table = jax.random.normal(jax.random.key(6), (rows, D))
     mesh = None if shape is None else make_mesh(shape)
     both = jax.jit(
-        lambda u, t: [retrieval.top_k_scores(u, t, 10, num_items=rows - 1, mesh=mesh, approx=a)[1] for a in (0, 1)]
+        lambda u, t: [retrieval.top_k_scores(u, t, 10, num_items=rows - 1, mesh=mesh, approx=a) for a in (0, 1)]
     )
-    exact, approx = both(user, table)
-    recall = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(np.asarray(approx), np.asarray(exact), strict=True)])
-    assert recall >= 0.9
+    (exact_scores, exact), (approx_scores, approx) = both(user, table)
+    if jax.default_backend() == "tpu":
+        pairs = zip(np.asarray(approx), np.asarray(exact), strict=True)
+        assert np.mean([len(set(a) & set(e)) / 10 for a, e in pairs]) >= 0.9
+        return
+    np.testing.assert_array_equal(approx, exact)
+    np.testing.assert_allclose(approx_scores, exact_scores, rtol=1e-6)
 
 
 @pytest.mark.slow  # 15-25 s of subprocess compiles; .ci/run runs the slow tests
