@@ -150,7 +150,9 @@ def test_ctr_evaluation_leaves_at_most_max_in_flight_batches_unfinished():
 def _two_device_env() -> dict[str, str]:
     env = dict(os.environ)
     env.pop("JAXREC_NUM_DEVICES", None)
-    env["XLA_FLAGS"] = env.get("XLA_FLAGS", "").replace("--xla_force_host_platform_device_count=8", "")
+    flags = env.pop("XLA_FLAGS", "").replace("--xla_force_host_platform_device_count=8", "").strip()
+    if flags:  # an XLA_FLAGS of spaces is read as a file name
+        env["XLA_FLAGS"] = flags
     env["PYTHONPATH"] = str(REPO)
     return env
 
