@@ -37,7 +37,8 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-TMP_MARKER = ".orbax-checkpoint-tmp"
+sys.path.insert(0, str(REPO))
+from jaxrec.checkpoint import unfinished_writes  # noqa: E402
 
 # The production config on small generated data: a few steps an epoch, a validation every two epochs.
 DATA = [
@@ -100,7 +101,7 @@ def same_metrics(a: dict, b: dict, rtol: float = 1e-6) -> bool:
 
 
 def unfinished(workdir: Path) -> list[str]:
-    return [str(p) for p in (workdir / "checkpoints").glob(f"*/*{TMP_MARKER}*")]
+    return [str(p) for p in unfinished_writes(workdir / "checkpoints")]
 
 
 def finished_steps(workdir: Path, which: str = "latest") -> list[int]:
@@ -224,7 +225,6 @@ def full_disk(settings, reference, root, env, log) -> dict:
 def inject(fault: str, train_args: list[str]) -> int:
     """Runs train.main(train_args) with `fault`: `nan@N` (the loss is NaN from step N on) or `fsize@K` (from the
     K-th checkpoint save on, no file over 16 KB may be written: the OS refuses the write, as on a full disk)."""
-    sys.path.insert(0, str(REPO))
     kind, _, value = fault.partition("@")
     if kind == "nan":
         import jax.numpy as jnp
@@ -297,7 +297,6 @@ def main() -> int:
         corrupt = corrupt_checkpoint(settings, reference, root, env, log)
         disk = full_disk(settings, reference, root, env, log)
         print(json.dumps({"nonfinite": nan, "corrupt_checkpoint": corrupt, "full_disk": disk}, indent=1), flush=True)
-        sys.path.insert(0, str(REPO))
         from benchmarks.fuzz_readers import fuzz_readers
 
         fuzz = fuzz_readers(fuzz_count, args.seed)

@@ -10,6 +10,7 @@ os.environ.setdefault("JAXREC_NUM_DEVICES", "1")
 
 import dataclasses  # noqa: E402
 from pathlib import Path  # noqa: E402
+from types import SimpleNamespace  # noqa: E402
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
@@ -83,3 +84,46 @@ def assert_close(actual, expected, rtol: float, err_msg: str = "") -> None:
     for a, (path, e) in zip(a_leaves, e_leaves):
         msg = f"{err_msg}{jax.tree_util.keystr(path)} (bound: rtol {rtol} x max|expected| {scale:.3g})"
         np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(e, np.float64), 0, rtol * scale, err_msg=msg)
+
+
+class RecordingCheckpoints:
+    """Stands in for RunCheckpoints in `loop.fit` tests: records each save as (which, step), restores the last."""
+
+    def __init__(self):
+        self.saves, self.last = [], {}
+
+    def save(self, which, step, state, record):
+        self.saves.append((which, step))
+        self.last[which] = (state, dict(record))
+
+    def restore(self, which, state):
+        return self.last[which]
+
+    def latest_step(self):
+        return max((s for w, s in self.saves if w == "latest"), default=None)
+
+    def wait(self):
+        pass
+
+    def close(self):
+        pass
+
+
+def fit_on_fakes(cfg, workdir, train_step, steps_per_epoch: int, checkpoints=None):
+    """`loop.fit` from step 0 with `train_step`, a constant validation metric and recorded checkpoints."""
+    from jaxrec import loop
+
+    record = {"epoch": 0, "best_value": -np.inf, "best_epoch": 0, "train_seconds": 0.0}
+    return loop.fit(
+        cfg,
+        workdir,
+        RecordingCheckpoints() if checkpoints is None else checkpoints,
+        SimpleNamespace(step=0),
+        record,
+        train_step,
+        iter(range(10**6)),
+        steps_per_epoch,
+        lambda state, which: {f"{which}/ndcg@10_full": 0.5},
+        "valid/ndcg@10_full",
+        compile_seconds=0.0,
+    )

@@ -15,9 +15,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from jaxrec import ctr_trainer, loop
+from jaxrec import ctr_trainer
 from jaxrec.dispatch import MAX_IN_FLIGHT, DispatchWindow
-from tests.conftest import REPO, replace
+from tests.conftest import REPO, fit_on_fakes, replace
 
 
 class Outputs:
@@ -71,20 +71,6 @@ def test_window_waits_for_the_oldest_beyond_its_depth():
         DispatchWindow(depth=0)
 
 
-class FakeCheckpoints:
-    def save(self, which, step, state, record):
-        self.saved = (state, dict(record))
-
-    def restore(self, which, state):
-        return self.saved
-
-    def wait(self):
-        pass
-
-    def close(self):
-        pass
-
-
 def test_training_loop_leaves_at_most_max_in_flight_steps_unfinished(tiny_config, tmp_path):
     Outputs.reset()
     cfg = replace(tiny_config, train=dict(num_epochs=2), eval=dict(every_epochs=2))
@@ -93,20 +79,7 @@ def test_training_loop_leaves_at_most_max_in_flight_steps_unfinished(tiny_config
     def train_step(state, batch):
         return SimpleNamespace(step=state.step + 1), {"loss": PendingLoss(1.0, state.step)}
 
-    record = {"epoch": 0, "best_value": -np.inf, "best_epoch": 0, "train_seconds": 0.0}
-    final = loop.fit(
-        cfg,
-        tmp_path,
-        FakeCheckpoints(),
-        SimpleNamespace(step=0),
-        record,
-        train_step,
-        iter(range(10**6)),
-        steps_per_epoch,
-        lambda state, which: {f"{which}/ndcg@10_full": 0.5},
-        "valid/ndcg@10_full",
-        compile_seconds=0.0,
-    )
+    final = fit_on_fakes(cfg, tmp_path, train_step, steps_per_epoch)
     assert final["epochs"] == 2
     assert 1 <= Outputs.most_unfinished <= MAX_IN_FLIGHT + 1  # +1: the step just dispatched, before the wait
 

@@ -19,7 +19,7 @@ import pytest
 
 from jaxrec import loop, run_dir
 from jaxrec.checkpoint import CheckpointError, RunCheckpoints, unfinished_writes
-from tests.conftest import REPO, replace
+from tests.conftest import REPO, RecordingCheckpoints, fit_on_fakes, replace
 
 
 def tiny_state(value: float):
@@ -101,41 +101,11 @@ def test_a_failed_write_raises_checkpoint_error_and_keeps_the_previous(tmp_path,
     checkpoints.close()
 
 
-class RecordingCheckpoints:
-    def __init__(self):
-        self.saves = []
-
-    def save(self, which, step, state, record):
-        self.saves.append((which, step))
-
-    def latest_step(self):
-        return max((s for w, s in self.saves if w == "latest"), default=None)
-
-    def wait(self):
-        pass
-
-    def close(self):
-        pass
-
-
 def fit_with(cfg, tmp_path, checkpoints, loss_of_step, steps_per_epoch=5):
     def train_step(state, batch):
         return SimpleNamespace(step=state.step + 1), {"loss": jnp.asarray(loss_of_step(state.step + 1))}
 
-    record = {"epoch": 0, "best_value": -np.inf, "best_epoch": 0, "train_seconds": 0.0}
-    return loop.fit(
-        cfg,
-        tmp_path,
-        checkpoints,
-        SimpleNamespace(step=0),
-        record,
-        train_step,
-        iter(range(10**6)),
-        steps_per_epoch,
-        lambda state, which: {f"{which}/ndcg@10_full": 0.5},
-        "valid/ndcg@10_full",
-        compile_seconds=0.0,
-    )
+    return fit_on_fakes(cfg, tmp_path, train_step, steps_per_epoch, checkpoints)
 
 
 def test_a_non_finite_loss_stops_naming_its_step_before_checkpointing_it(tiny_config, tmp_path):

@@ -14,6 +14,7 @@ from jaxrec import config as config_lib
 from jaxrec import run_dir
 from jaxrec.run_dir import RunDirError, check_workdir, write_config
 from tests.conftest import REPO
+from tests.test_cli import TINY as TINY_RUN
 
 SMALL_SYNTHETIC = [
     "data.name=synthetic",
@@ -207,20 +208,8 @@ def test_write_config_appends_the_change_before_replacing_config_json(tmp_path, 
     assert "train.num_epochs 200 -> 300" in caplog.text
 
 
-TINY = [
-    "data.name=synthetic",
-    "data.synthetic_users=400",
-    "data.synthetic_items=60",
-    "data.synthetic_mean_length=12",
-    "model.max_len=16",
-    "model.hidden=16",
-    "model.num_blocks=1",
-    "train.num_epochs=1",
-    "train.batch_size=64",
-    "train.length_buckets=none",
-    "eval.every_epochs=1",
-    "eval.num_negatives=20",
-]
+# test_cli's tiny run, one epoch long
+TINY = [a for a in TINY_RUN if not a.startswith("train.num_epochs")] + ["train.num_epochs=1"]
 
 
 def _main(workdir, *extra, resume=True):
