@@ -60,9 +60,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     from jaxrec import config as config_lib
-    from jaxrec import mesh as mesh_lib
     from jaxrec.data import DataError
-    from jaxrec.run_dir import RunDirError
+    from jaxrec.engine import mesh as mesh_lib
+    from jaxrec.engine.run_dir import RunDirError
 
     try:
         cfg = config_lib.apply_overrides(load_config(args.config), args.set)
@@ -82,9 +82,10 @@ def main(argv=None) -> int:
     for noisy in ("absl", "orbax"):  # orbax logs every save at INFO
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
-    from jaxrec import run_dir, trainer
-    from jaxrec.checkpoint import CheckpointError, remove_unfinished_writes
-    from jaxrec.loop import Interrupted
+    from jaxrec.engine import run_dir
+    from jaxrec.engine.checkpoint import CheckpointError, remove_unfinished_writes
+    from jaxrec.engine.loop import Interrupted
+    from jaxrec.tasks.next_item import task as trainer
 
     # The trainers write nothing before the inputs pass; should a refusal come later (the first validation
     # finds no user to evaluate), the folders this run created go too, unless they hold a checkpoint.

@@ -384,7 +384,7 @@ def markdown(records: list[dict]) -> str:
     lines += [
         "",
         "| L | B | heads | mask | dtype | pass | lengths (pad %) | impl | median ms (min-max) | TFLOP/s | % peak "
-        "| peak MB | vs xla | compile s |",
+        "| peak MiB | vs xla | compile s |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     key = lambda r: (  # noqa: E731

@@ -1,4 +1,4 @@
-"""How many unfinished programs XLA:CPU survives on two CPU devices: the case for `jaxrec/dispatch.py`.
+"""How many unfinished programs XLA:CPU survives on two CPU devices: the case for `jaxrec/engine/dispatch.py`.
 
 python benchmarks/dispatch_deadlock.py [--in-flight 8,16,31,32,33,64] [--programs 3000] [--tries 2] [--out FILE]
 
@@ -29,7 +29,7 @@ PROGRAMS = textwrap.dedent(
     jax.config.update("jax_num_cpu_devices", 2)
     import numpy as np
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-    from jaxrec.dispatch import DispatchWindow
+    from jaxrec.engine.dispatch import DispatchWindow
     in_flight, programs = int(sys.argv[1]), int(sys.argv[2])
     mesh = Mesh(np.array(jax.devices()), ("d",))
     step = jax.jit(jax.shard_map(lambda a: jax.lax.psum(a @ a.T, "d"), mesh=mesh, in_specs=P("d"),

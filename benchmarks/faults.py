@@ -38,7 +38,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from jaxrec.checkpoint import unfinished_writes  # noqa: E402
+from jaxrec.engine.checkpoint import unfinished_writes  # noqa: E402
 
 # The production config on small generated data: a few steps an epoch, a validation every two epochs.
 DATA = [
@@ -229,7 +229,7 @@ def inject(fault: str, train_args: list[str]) -> int:
     if kind == "nan":
         import jax.numpy as jnp
 
-        from jaxrec import trainer
+        from jaxrec.tasks.next_item import task as trainer
 
         make = trainer.make_train_step
 
@@ -247,7 +247,7 @@ def inject(fault: str, train_args: list[str]) -> int:
     elif kind == "fsize":
         import resource
 
-        from jaxrec import checkpoint
+        from jaxrec.engine import checkpoint
 
         save, calls = checkpoint.RunCheckpoints.save, {"n": 0}
 

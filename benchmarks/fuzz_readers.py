@@ -37,9 +37,9 @@ sys.path.insert(0, str(REPO))  # run as a script: `jaxrec` must be importable
 
 from jaxrec.config import Config, CTRConfig, DataConfig  # noqa: E402
 from jaxrec.data import DataError, load_dataset  # noqa: E402
-from jaxrec.data.ctr import build_ctr_data  # noqa: E402
 from jaxrec.data.datasets import user_inputs  # noqa: E402
 from jaxrec.data.events import load_events  # noqa: E402
+from jaxrec.tasks.ctr.data import build_ctr_data  # noqa: E402
 
 # Field values that readers get wrong: non-integers, out-of-range, unicode digits and spaces, quotes, NUL.
 NASTY = (

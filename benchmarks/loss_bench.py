@@ -14,7 +14,7 @@ in its own process, so its peak resident memory is its own:
   xla_temp_bytes      the compiled step's temporaries, from `memory_analysis()`
   xla_peak_bytes      temporaries + arguments + outputs (what the step needs resident)
   rss_delta_bytes     the process's peak RSS minus its RSS with the inputs built (CPU only)
-`sampled` (jaxrec.losses.sampled_softmax_loss, one record per --negatives M): each step draws M candidates
+`sampled` (jaxrec.ops.losses.sampled_softmax_loss, one record per --negatives M): each step draws M candidates
 uniformly from the catalogue inside the jitted step (as training does), temperature 1, logQ correction,
 accidental hits removed; its gradients reach only the table rows gathered (positives and candidates),
 scattered into a dense table gradient. Its record adds `negatives` and `finite` (loss and gradients
@@ -63,8 +63,8 @@ def _loss_and_grads(impl: str, num_items: int, chunk: int, negatives: int = 0):
     import jax
     import jax.numpy as jnp
 
-    from jaxrec import sampling
-    from jaxrec.losses import sampled_softmax_loss, softmax_ce_chunked, softmax_ce_full
+    from jaxrec.ops import sampling
+    from jaxrec.ops.losses import sampled_softmax_loss, softmax_ce_chunked, softmax_ce_full
 
     def loss(h, table, targets):
         if impl == "naive":

@@ -59,8 +59,8 @@ def popularity_row(extra: list[str]) -> dict:
 
     from jaxrec.config import apply_overrides
     from jaxrec.data.events import load_events
-    from jaxrec.retrieval_trainer import _eval_config
-    from jaxrec.temporal import evaluate, temporal_split
+    from jaxrec.tasks.retrieval.task import _eval_config
+    from jaxrec.tasks.retrieval.temporal import evaluate, temporal_split
     from train import load_config
 
     cfg = apply_overrides(load_config(str(REPO / "configs" / "pinnerformer_ml1m.py")), extra)
@@ -179,7 +179,7 @@ def main(argv=None) -> list[dict]:
 
 def mode_row(workdir: Path, mode: str) -> dict:
     """mixed_logq's best checkpoint with user embeddings recomputed daily or after every event."""
-    from jaxrec.retrieval_trainer import evaluate_checkpoint
+    from jaxrec.tasks.retrieval.task import evaluate_checkpoint
 
     metrics = evaluate_checkpoint(workdir, [f"retrieval.eval_mode={mode}"])
     trained = json.loads((workdir / "metrics.json").read_text())

@@ -32,17 +32,17 @@ from benchmarks import bench_common as common  # noqa: E402
 # Their patience counts epochs of per-epoch validation; ours is checked at validation epochs (every 5-10
 # here), so with validation every 10 epochs two validations without a gain end a run. The ML-1M rows therefore
 # run all of K&V's epochs and keep the best validation checkpoint: with patience 20 the ML-1M BERT4Rec row
-# stopped at epoch 100 (best 80: test NDCG@10 0.1430, `bert4rec_ce_patience20_every10.*`, session 12) where its
+# stopped at epoch 100 (best 80: test NDCG@10 0.1430, `bert4rec_ce_patience20_every10.*`, 691a53a) where its
 # pre-fix run went on improving until 130; the two SASRec rows would have stopped at 80 and 85 (best 70 and 75)
-# where they went on to improve until 100 (computed from their metrics.jsonl, session 8). The Beauty BERT4Rec
+# where they went on to improve until 100 (computed from their metrics.jsonl of b2bff24). The Beauty BERT4Rec
 # row, validated every 5 epochs, takes their 20; Beauty SASRec+ is validated every epoch with their 10.
 KV_SASREC = ["model.hidden=64", "model.dropout=0.1", "train.adam_b2=0.999", "train.num_epochs=100"]
 KV_BERT4REC = ["train.adam_b2=0.999", "train.num_epochs=200"]
 # Beauty histories are short (median 6): fine buckets keep the padding (and the CE over it) small. The
-# trainer logs the padding share: 45% with the buckets 8,16,32,50 (the session-6/7 runs), 16% with these.
-# ce_chunk 4096: at Beauty's shape (54,542 items, 128 x 50; step_bench, session 8, results/cpu/step_bench.jsonl)
-# a SASRec+ step took 3.08 s against 3.62 s with 8192 and a BERT4Rec step 0.90 s against 0.94 s, with 356 / 396 MB
-# peak against 559 / 599 MB (2048 was no faster). Both sizes pad the table to 57,344 rows; the smaller chunk's
+# trainer logs the padding share: 45% with the buckets 8,16,32,50 (the runs before e130c85), 16% with these.
+# ce_chunk 4096: at Beauty's shape (54,542 items, 128 x 50; step_bench runs of e930230, results/cpu/step_bench.jsonl)
+# a SASRec+ step took 3.08 s against 3.62 s with 8192 and a BERT4Rec step 0.90 s against 0.94 s, with 356 / 396 MiB
+# peak against 559 / 599 MiB (2048 was no faster). Both sizes pad the table to 57,344 rows; the smaller chunk's
 # logits stay in cache.
 BEAUTY = [
     "data.name=beauty-bert4rec",
@@ -53,7 +53,7 @@ BEAUTY = [
 ]
 
 # Published full-ranking test figures (NDCG@10, HR@10), leave-one-out, history excluded; `cap_minutes`
-# is each row's default share of a session's CPU time (scaled by --cap-scale).
+# is each row's default wall-clock cap on training, in minutes (scaled by --cap-scale).
 ROWS = {
     "sasrec_bce": dict(
         config="configs/sasrec_ml1m.py",
@@ -86,7 +86,7 @@ ROWS = {
         # this row shares them across the batch (model.gbce_negatives=batch): per position is 3x slower a step
         # on this CPU (step_bench gsasrec cases). Adam's beta2 is the reference's 0.999: with it the model sits
         # at popularity's level for about 55 epochs (0.98 leaves it by 16), then climbs past 0.98's plateau
-        # (session 13; the 0.98 run is kept as gsasrec_gbce_b2_0.98.*, experiments/README.md).
+        # (43dbbbc; the 0.98 run is kept as gsasrec_gbce_b2_0.98.*, experiments/README.md).
         source="gSASRec reference checkpoint (about 1,800 epochs)",
         settings=[
             "model.hidden=128",
@@ -107,8 +107,8 @@ ROWS = {
         source="Klenitskiy & Vasilev 2023 (SASRec+), BERT4Rec's Beauty file",
         # Validated every epoch with K&V's patience 10 (their rule exactly): with full CE this row peaks
         # within a few epochs and then overfits (validation 0.0311 at 5, 0.0342 at 10, 0.0312 at 15 in a
-        # session-9 run validated every 5 epochs, experiments/beauty_sasrec_ce_validation_every5.metrics.jsonl).
-        # K&V's initialisation (N(0, 0.02) tables and kernels, session 11): with SASRec's Xavier this row peaked
+        # run validated every 5 epochs, eae0d5d, experiments/beauty_sasrec_ce_validation_every5.metrics.jsonl).
+        # K&V's initialisation (N(0, 0.02) tables and kernels, 7b1d959): with SASRec's Xavier this row peaked
         # at validation 0.0373 (test 0.0289); experiments/README.md has the comparison.
         settings=KV_SASREC
         + BEAUTY
@@ -187,9 +187,10 @@ def _fmt(pair):
 def run_popularity(row, workdir: Path, settings) -> None:
     """The popularity row: no training, the same split, negatives and metrics as the models' rows."""
     from jaxrec import config as config_lib
-    from jaxrec.baselines import popularity_metrics
-    from jaxrec.data import leave_one_out, load_dataset
-    from jaxrec.evaluation import draw_eval_negatives
+    from jaxrec.data import load_dataset
+    from jaxrec.tasks.next_item.baselines import popularity_metrics
+    from jaxrec.tasks.next_item.evaluation import draw_eval_negatives
+    from jaxrec.tasks.next_item.split import leave_one_out
     from train import load_config
 
     cfg = config_lib.apply_overrides(load_config(str(REPO / row["config"])), settings)

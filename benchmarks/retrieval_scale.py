@@ -3,7 +3,7 @@
   python benchmarks/retrieval_scale.py [--items 1000000] [--users 1024] [--negatives 8192] [--out FILE]
   python benchmarks/retrieval_scale.py --smoke      # tiny sizes, seconds (the tests run it)
 
-The step is jaxrec's own (`jaxrec.retrieval_step`): PinnerFormer user tower over the last `--max-len`
+The step is jaxrec's own (`jaxrec.tasks.retrieval.loss`): PinnerFormer user tower over the last `--max-len`
 events, mixed negatives (the batch's positives plus `--negatives` uniform ones, shared by the batch),
 count-min sketch frequencies updated in the step, sampled softmax with logQ, Adam on every
 parameter (the 10^6 x D item table included). Histories and positives are Zipf-distributed ids.
@@ -29,9 +29,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from jaxrec.config import Config, ModelConfig, RetrievalConfig, TrainConfig  # noqa: E402
+from jaxrec.engine.step import compiler_options  # noqa: E402
 from jaxrec.models import build_model  # noqa: E402
-from jaxrec.retrieval_step import init_state, make_optimizer, make_train_step  # noqa: E402
-from jaxrec.train_step import compiler_options  # noqa: E402
+from jaxrec.tasks.retrieval.loss import init_state, make_optimizer, make_train_step  # noqa: E402
 
 
 def synthetic_batch(rng, users: int, max_len: int, num_items: int) -> dict[str, np.ndarray]:

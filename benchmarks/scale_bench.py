@@ -50,7 +50,7 @@ from jax.sharding import PartitionSpec as P  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from jaxrec import losses, sampling, vocab_parallel  # noqa: E402
+from jaxrec.ops import losses, sampling, vocab_parallel  # noqa: E402
 
 ZIPF = 1.2  # popularity exponent of the synthetic positives
 

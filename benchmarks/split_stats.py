@@ -24,7 +24,7 @@ from benchmarks import bench_common as common  # noqa: E402
 from jaxrec.config import DataConfig  # noqa: E402
 from jaxrec.data.datasets import load_dataset  # noqa: E402
 from jaxrec.data.pipeline import TrainBatches  # noqa: E402
-from jaxrec.data.splits import leave_one_out  # noqa: E402
+from jaxrec.tasks.next_item.split import leave_one_out  # noqa: E402
 
 
 def target_stats(split, max_len: int, rare: int = 5) -> dict:

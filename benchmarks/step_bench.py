@@ -6,7 +6,7 @@
 
 Cases: configs/{sasrec,bert4rec,gru4rec,mf,youtube_dnn}_ml1m.py with their default losses, plus SASRec
 with `ce` and `ce_chunked` (`sasrec_ml1m:ce`, ...). The model comes from jaxrec.models.build_model
-and the step from jaxrec.train_step (make_optimizer, init_state, make_train_step), jitted with the
+and the step from jaxrec.engine.step (make_optimizer, init_state, make_train_step), jitted with the
 state donated and jaxrec's compiler options; no dataset and no grain: batches are synthetic, of the
 config's shape (train.batch_size x model.max_len, or --length), with ML-1M's catalogue (3,416 items,
 6,040 users) and per-row history lengths drawn from ML-1M (sasrec-format/ml-1m.txt under
@@ -115,8 +115,8 @@ def step_flops(model_cfg, num_items: int, batch: int, length: int, micro_batch: 
         parts["loss"] = 2 * 2 * n * score_dim
     elif loss in ("ce", "ce_chunked"):
         # As train_step decides it: a model that declares a target_fraction has its CE compacted.
-        from jaxrec.losses import target_capacity
         from jaxrec.models import MODELS
+        from jaxrec.ops.losses import target_capacity
 
         target_fraction_of = getattr(MODELS[name], "target_fraction", None)
         scored = n
@@ -162,7 +162,7 @@ def synthetic_batch(cfg, num_items: int, num_users: int, length: int, user_input
 def run_case(case: str, args, info: dict, peak: dict) -> dict:
     import jax
 
-    from jaxrec import train_step as ts
+    from jaxrec.engine import step as ts
     from jaxrec.models import build_model, uses_user_inputs
 
     cfg = load_config(case, args.set)
@@ -244,7 +244,7 @@ def markdown(records: list[dict]) -> str:
     lines += [
         "",
         "| device | case | loss | B x L | pad % | step ms (min-max) | seq/s | tokens/s | GFLOP/step | MFU % "
-        "| compile s | peak MB |",
+        "| compile s | peak MiB |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in latest.values():

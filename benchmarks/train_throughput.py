@@ -34,15 +34,16 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.naive_sasrec import NaiveSASRec, make_naive_step  # noqa: E402
-from jaxrec import mesh as mesh_lib  # noqa: E402
 from jaxrec.config import Config, DataConfig, ModelConfig, TrainConfig, apply_overrides  # noqa: E402
-from jaxrec.data import leave_one_out, load_dataset  # noqa: E402
+from jaxrec.data import load_dataset  # noqa: E402
 from jaxrec.data.pipeline import TrainBatches, parse_buckets, train_iterator  # noqa: E402
-from jaxrec.dispatch import DispatchWindow  # noqa: E402
-from jaxrec.evaluation import LeaveOneOutEvaluator, draw_eval_negatives  # noqa: E402
+from jaxrec.engine import mesh as mesh_lib  # noqa: E402
+from jaxrec.engine.dispatch import DispatchWindow  # noqa: E402
+from jaxrec.engine.step import init_state, make_optimizer, make_train_step  # noqa: E402
 from jaxrec.models import build_model  # noqa: E402
-from jaxrec.train_step import init_state, make_optimizer, make_train_step  # noqa: E402
-from jaxrec.trainer import compile_train_steps  # noqa: E402
+from jaxrec.tasks.next_item.evaluation import LeaveOneOutEvaluator, draw_eval_negatives  # noqa: E402
+from jaxrec.tasks.next_item.split import leave_one_out  # noqa: E402
+from jaxrec.tasks.next_item.task import compile_train_steps  # noqa: E402
 
 
 def emit(records, out, name, value, unit, **extra):

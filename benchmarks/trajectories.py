@@ -109,7 +109,9 @@ def _fit_inputs(args, kwargs):
 
 def _patch_loop():
     """Points every trainer's `fit` at `_capturing_fit`."""
-    from jaxrec import ctr_trainer, retrieval_trainer, trainer
+    from jaxrec.tasks.ctr import task as ctr_trainer
+    from jaxrec.tasks.next_item import task as trainer
+    from jaxrec.tasks.retrieval import task as retrieval_trainer
 
     for module in (trainer, retrieval_trainer, ctr_trainer):
         module.fit = _capturing_fit

@@ -68,7 +68,7 @@ class ModelConfig:
     # BERT4Rec's code: left-padded windows); "from_start" counts from a history's first item (Klenitskiy &
     # Vasilev's code: right-padded batches). They differ only for histories shorter than max_len.
     positions: str = "from_end"
-    loss: str = "bce"  # training loss: bce | bpr | ce | ce_chunked | gbce | sampled (see jaxrec/losses.py)
+    loss: str = "bce"  # training loss: bce | bpr | ce | ce_chunked | gbce | sampled (see jaxrec/ops/losses.py)
     num_negatives: int = 256  # gbce, sampled: negatives per step, shared by every position of the batch
     gbce_t: float = 0.75  # gbce: calibration parameter t (0 = plain BCE with num_negatives)
     # gbce: "batch" = the num_negatives are shared by every position (one BxLxK matmul, cheap); "position" =
@@ -182,7 +182,7 @@ class CTRConfig:
 
 @dataclasses.dataclass(frozen=True)
 class MeshConfig:
-    """Devices: a (data, model) mesh; see jaxrec/mesh.py for what each axis splits."""
+    """Devices: a (data, model) mesh; see jaxrec/engine/mesh.py for what each axis splits."""
 
     data: int = 0  # devices on the data axis (batch rows); 0 = all devices not on the model axis
     model: int = 1  # devices on the model axis (item-table rows: vocabulary parallelism)

@@ -111,7 +111,7 @@ class RecordingCheckpoints:
 
 def fit_on_fakes(cfg, workdir, train_step, steps_per_epoch: int, checkpoints=None):
     """`loop.fit` from step 0 with `train_step`, a constant validation metric and recorded checkpoints."""
-    from jaxrec import loop
+    from jaxrec.engine import loop
 
     record = {"epoch": 0, "best_value": -np.inf, "best_epoch": 0, "train_seconds": 0.0}
     return loop.fit(

@@ -10,15 +10,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxrec import trainer
-from jaxrec.baselines import popularity_metrics
 from jaxrec.config import Config, DataConfig, EvalConfig, ModelConfig, TrainConfig
-from jaxrec.data import generate_interactions, leave_one_out, load_dataset, sample_eval_negatives
+from jaxrec.data import generate_interactions, load_dataset
 from jaxrec.data.datasets import user_inputs
 from jaxrec.data.pipeline import TrainBatches, eval_batches
-from jaxrec.losses import bpr, sampled_candidates, sampled_ce, softmax_ce_full, training_loss
 from jaxrec.models import build_model, uses_user_inputs
 from jaxrec.models.youtube_dnn import last_positions_only, window_mean
+from jaxrec.ops.losses import bpr, sampled_candidates, sampled_ce, softmax_ce_full, training_loss
+from jaxrec.tasks.next_item import task as trainer
+from jaxrec.tasks.next_item.baselines import popularity_metrics
+from jaxrec.tasks.next_item.split import leave_one_out, sample_eval_negatives
 from tests.conftest import assert_close
 
 NUM_ITEMS, NUM_USERS, L = 40, 6, 12

@@ -161,7 +161,7 @@ def test_pinnerformer_table_harness_smoke(tmp_path):
 
 def test_split_stats_counts_cold_targets_and_both_target_layouts(tmp_path):
     from benchmarks import split_stats
-    from jaxrec.data.splits import LeaveOneOutSplit
+    from jaxrec.tasks.next_item.split import LeaveOneOutSplit
 
     split = LeaveOneOutSplit(
         train=[np.array([1, 2, 3]), np.array([2, 3]), np.array([4])],  # item 5 never trains

@@ -5,9 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxrec import trainer
 from jaxrec.config import ModelConfig
 from jaxrec.models import BERT4Rec, build_model
+from jaxrec.tasks.next_item import task as trainer
 from tests.conftest import assert_close, rel_error, replace, weight_stds
 
 CFG = ModelConfig(name="bert4rec", max_len=12, hidden=8, num_blocks=2, num_heads=2, dropout=0.1, loss="ce")

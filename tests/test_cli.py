@@ -172,7 +172,7 @@ def test_killed_process_resumes_to_the_uninterrupted_result(tmp_path):
 
 def test_resume_allows_compute_only_changes_and_refuses_model_changes(tmp_path):
     from jaxrec import config as config_lib
-    from jaxrec.run_dir import RunDirError, check_workdir, write_json
+    from jaxrec.engine.run_dir import RunDirError, check_workdir, write_json
 
     cfg = config_lib.Config()
     write_json(tmp_path / "config.json", config_lib.to_dict(cfg))

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 
 import train
-from jaxrec import ctr_metrics, trainer
 from jaxrec.config import Config, CTRConfig, DataConfig, EvalConfig, ModelConfig, TrainConfig
-from jaxrec.data.ctr import build_ctr_data
 from jaxrec.data.datasets import default_data_dir
+from jaxrec.ops import auc as ctr_metrics
+from jaxrec.tasks.ctr.data import build_ctr_data
+from jaxrec.tasks.next_item import task as trainer
 from tests.conftest import REPO
 
 SYNTHETIC = DataConfig(name="synthetic", synthetic_users=200, synthetic_items=80, synthetic_mean_length=15)

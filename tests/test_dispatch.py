@@ -15,8 +15,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from jaxrec import ctr_trainer
-from jaxrec.dispatch import MAX_IN_FLIGHT, DispatchWindow
+from jaxrec.engine.dispatch import MAX_IN_FLIGHT, DispatchWindow
+from jaxrec.tasks.ctr import task as ctr_trainer
 from tests.conftest import REPO, fit_on_fakes, replace
 
 
@@ -85,10 +85,11 @@ def test_training_loop_leaves_at_most_max_in_flight_steps_unfinished(tiny_config
 
 
 def test_leave_one_out_evaluation_leaves_at_most_max_in_flight_batches_unfinished(tiny_config):
-    from jaxrec.data import leave_one_out, load_dataset
+    from jaxrec.data import load_dataset
     from jaxrec.data.pipeline import parse_buckets
-    from jaxrec.evaluation import LeaveOneOutEvaluator, draw_eval_negatives
     from jaxrec.models import build_model
+    from jaxrec.tasks.next_item.evaluation import LeaveOneOutEvaluator, draw_eval_negatives
+    from jaxrec.tasks.next_item.split import leave_one_out
 
     Outputs.reset()
     cfg = replace(tiny_config, eval=dict(batch_size=8))  # 1,000 users: 125 batches
@@ -142,7 +143,7 @@ def test_many_collective_programs_through_the_window_finish_on_two_cpu_devices()
         jax.config.update("jax_num_cpu_devices", 2)
         import numpy as np
         from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-        from jaxrec.dispatch import DispatchWindow
+        from jaxrec.engine.dispatch import DispatchWindow
         mesh = Mesh(np.array(jax.devices()), ("d",))
         step = jax.jit(jax.shard_map(lambda a: jax.lax.psum(a @ a.T, "d"), mesh=mesh, in_specs=P("d"),
                                      out_specs=P(), check_vma=False))

@@ -10,13 +10,14 @@ import jax
 import numpy as np
 import pytest
 
-from jaxrec import mesh as mesh_lib
-from jaxrec.data import leave_one_out, load_dataset
+from jaxrec.data import load_dataset
 from jaxrec.data.datasets import user_inputs
 from jaxrec.data.pipeline import parse_buckets
-from jaxrec.evaluation import LeaveOneOutEvaluator, draw_eval_negatives
+from jaxrec.engine import mesh as mesh_lib
+from jaxrec.engine.step import init_state, make_optimizer
 from jaxrec.models import build_model, uses_user_inputs
-from jaxrec.train_step import init_state, make_optimizer
+from jaxrec.tasks.next_item.evaluation import LeaveOneOutEvaluator, draw_eval_negatives
+from jaxrec.tasks.next_item.split import leave_one_out
 from tests.conftest import replace
 
 

@@ -17,8 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxrec import loop, run_dir
-from jaxrec.checkpoint import CheckpointError, RunCheckpoints, unfinished_writes
+from jaxrec.engine import loop, run_dir
+from jaxrec.engine.checkpoint import CheckpointError, RunCheckpoints, unfinished_writes
 from tests.conftest import REPO, RecordingCheckpoints, fit_on_fakes, replace
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from jaxrec.config import ModelConfig
-from jaxrec.losses import (
+from jaxrec.ops.losses import (
     bce_sampled,
     compact_targets,
     gbce,

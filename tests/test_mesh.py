@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from jaxrec import mesh as mesh_lib
 from jaxrec.data.pipeline import TrainBatches
 from jaxrec.data.synthetic import generate
+from jaxrec.engine import mesh as mesh_lib
+from jaxrec.engine.step import init_state, make_optimizer, make_train_step
 from jaxrec.models import build_model
-from jaxrec.train_step import init_state, make_optimizer, make_train_step
-from jaxrec.trainer import compile_train_steps
+from jaxrec.tasks.next_item.task import compile_train_steps
 from tests.conftest import assert_close, replace
 
 STEPS = 20
@@ -203,7 +203,7 @@ def _epoch_losses(workdir):
 @pytest.mark.parametrize("kind", ["pinnerformer", "din"])
 def test_retrieval_and_ctr_trainers_train_the_same_on_a_mesh(tmp_path, kind):
     """The two-tower and CTR trainers on a (data 2, model 2) mesh: the single-device losses and metrics."""
-    from jaxrec import trainer
+    from jaxrec.tasks.next_item import task as trainer
     from tests.test_ctr import SYNTHETIC
     from tests.test_retrieval import _config
 
@@ -260,7 +260,7 @@ def test_configure_cpu_devices_before_jax_starts(tmp_path):
 
     assert mesh_lib.configure_cpu_devices(replace(Config(), mesh=dict(cpu_devices=3))) is None
     code = (
-        "import jax; from jaxrec import mesh; from jaxrec.config import Config, MeshConfig;"
+        "import jax; from jaxrec.engine import mesh; from jaxrec.config import Config, MeshConfig;"
         "n = mesh.configure_cpu_devices(Config(mesh=MeshConfig(cpu_devices=3)));"
         "print(n, len(jax.devices()))"
     )

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from jaxrec.config import ModelConfig
-from jaxrec.metrics import means, merge, metric_sums, rank_of_target
+from jaxrec.engine.step import make_eval_step
 from jaxrec.models import build_model
-from jaxrec.train_step import make_eval_step
+from jaxrec.ops.ranking import means, merge, metric_sums, rank_of_target
 
 
 def _brute_rank(target_score, others):

@@ -11,7 +11,7 @@ from jaxrec.config import ModelConfig
 from jaxrec.data.events import history_batch, synthetic_events
 from jaxrec.models import build_model
 from jaxrec.models.pinnerformer import EVENT_FEATURES
-from jaxrec.temporal import TemporalEvalConfig, evaluate, temporal_split, user_embedder
+from jaxrec.tasks.retrieval.temporal import TemporalEvalConfig, evaluate, temporal_split, user_embedder
 from tests.conftest import assert_close, rel_error
 
 L = 12

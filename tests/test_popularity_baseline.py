@@ -2,7 +2,7 @@
 
 `popularity_metrics` ranks each target by its training count among the sampled negatives and among the
 whole catalogue minus the user's history (the target itself always a candidate), ties counted against
-the target, as the models are ranked (`jaxrec.metrics`). Here the counts, ranks and metrics are
+the target, as the models are ranked (`jaxrec.ops.ranking`). Here the counts, ranks and metrics are
 recomputed with loops over the users and items, on a hand-made split and on random ones.
 """
 
@@ -11,10 +11,9 @@ import math
 import numpy as np
 import pytest
 
-from jaxrec.baselines import popularity_metrics
-from jaxrec.data import leave_one_out, sample_eval_negatives
-from jaxrec.data.splits import LeaveOneOutSplit
 from jaxrec.data.types import SequenceDataset
+from jaxrec.tasks.next_item.baselines import popularity_metrics
+from jaxrec.tasks.next_item.split import LeaveOneOutSplit, leave_one_out, sample_eval_negatives
 
 KS = (1, 2, 5)
 

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from jaxrec.config import Config, CTRConfig, ModelConfig
-from jaxrec.ctr_step import init_state, make_predict, minibatch_l2, model_inputs, present_rows, regularizer
+from jaxrec.engine.step import make_optimizer
 from jaxrec.models import MODELS
 from jaxrec.models.rankers import build_ranker, time_buckets
-from jaxrec.train_step import make_optimizer
+from jaxrec.tasks.ctr.loss import init_state, make_predict, minibatch_l2, model_inputs, present_rows, regularizer
 from tests.conftest import assert_close
 
 ITEMS, GENRES, USER_VOCAB, B, L = 30, 5, 12, 4, 6

@@ -19,10 +19,11 @@ import orbax.checkpoint as ocp
 import pytest
 
 import train
-from jaxrec import trainer
 from jaxrec.config import Config, CTRConfig, EvalConfig, ModelConfig, TrainConfig
-from jaxrec.data import leave_one_out, load_dataset
+from jaxrec.data import load_dataset
 from jaxrec.data.pipeline import TrainBatches, parse_buckets
+from jaxrec.tasks.next_item import task as trainer
+from jaxrec.tasks.next_item.split import leave_one_out
 from tests.conftest import REPO, replace
 from tests.test_ctr import SYNTHETIC
 

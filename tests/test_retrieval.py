@@ -5,10 +5,12 @@ import json
 import numpy as np
 import pytest
 
-from jaxrec import retrieval_trainer, temporal, trainer
 from jaxrec.config import Config, DataConfig, EvalConfig, ModelConfig, RetrievalConfig, TrainConfig
 from jaxrec.data.events import load_events, synthetic_events
-from jaxrec.data.retrieval_batches import RetrievalBatches
+from jaxrec.tasks.next_item import task as trainer
+from jaxrec.tasks.retrieval import task as retrieval_trainer
+from jaxrec.tasks.retrieval import temporal
+from jaxrec.tasks.retrieval.batches import RetrievalBatches
 from tests.conftest import replace
 
 OBJECTIVES = ("next", "dense_next", "all_action", "dense_all_action")

@@ -11,8 +11,8 @@ import pytest
 
 import train
 from jaxrec import config as config_lib
-from jaxrec import run_dir
-from jaxrec.run_dir import RunDirError, check_workdir, write_config
+from jaxrec.engine import run_dir
+from jaxrec.engine.run_dir import RunDirError, check_workdir, write_config
 from tests.conftest import REPO
 from tests.test_cli import TINY as TINY_RUN
 
@@ -86,7 +86,7 @@ def test_event_feature_the_data_lacks_is_one_error_before_anything_is_written(tm
 
 def test_event_features_found_and_used_are_logged_and_overflowing_ids_refused(caplog):
     from jaxrec.data.events import load_events
-    from jaxrec.retrieval_trainer import check_event_features
+    from jaxrec.tasks.retrieval.task import check_event_features
 
     cfg = config_lib.apply_overrides(config_lib.Config(), SMALL_SYNTHETIC + ["model.event_features=action,time"])
     events = load_events(cfg.data)

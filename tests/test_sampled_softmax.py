@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxrec import sampling
-from jaxrec.losses import sampled_softmax_loss, softmax_ce_full, temperature, temperature_param
+from jaxrec.ops import sampling
+from jaxrec.ops.losses import sampled_softmax_loss, softmax_ce_full, temperature, temperature_param
 from tests.conftest import assert_close
 
 NUM_ITEMS = 45  # rows 46..63 of a 64-row table are vocabulary padding

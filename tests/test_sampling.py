@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxrec import sampling
+from jaxrec.ops import sampling
 
 
 def _zipf_stream(num_items, length, exponent, seed):

@@ -7,7 +7,7 @@ import pytest
 
 from jaxrec.data import Interactions
 from jaxrec.data.events import from_interactions, history_batch, synthetic_events
-from jaxrec.temporal import (
+from jaxrec.tasks.retrieval.temporal import (
     DAY,
     TemporalEvalConfig,
     TemporalSplit,

@@ -5,7 +5,8 @@ import inspect
 import json
 import types
 
-from jaxrec import loop, trainer
+from jaxrec.engine import loop
+from jaxrec.tasks.next_item import task as trainer
 from tests.conftest import replace
 
 

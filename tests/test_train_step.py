@@ -3,8 +3,8 @@ import numpy as np
 import optax
 import pytest
 
+from jaxrec.engine.step import init_state, make_optimizer, make_train_step
 from jaxrec.models import build_model
-from jaxrec.train_step import init_state, make_optimizer, make_train_step
 from tests.conftest import assert_close, replace
 
 
@@ -77,7 +77,7 @@ def test_every_loss_trains_and_chunked_ce_steps_like_full_ce(tiny_config):
 
 
 def test_micro_batches_are_strided_rows():
-    from jaxrec.train_step import split_micro_batches
+    from jaxrec.engine.step import split_micro_batches
 
     x = np.arange(12 * 2).reshape(12, 2)
     micro = np.asarray(split_micro_batches(x, 3))

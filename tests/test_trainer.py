@@ -3,9 +3,10 @@ import json
 import numpy as np
 import pytest
 
-from jaxrec import trainer
-from jaxrec.baselines import popularity_metrics
-from jaxrec.data import leave_one_out, load_dataset, sample_eval_negatives
+from jaxrec.data import load_dataset
+from jaxrec.tasks.next_item import task as trainer
+from jaxrec.tasks.next_item.baselines import popularity_metrics
+from jaxrec.tasks.next_item.split import leave_one_out, sample_eval_negatives
 from tests.conftest import replace
 
 
@@ -49,7 +50,7 @@ def test_same_seed_same_metrics_other_seed_differs(tiny_config, tmp_path):
 
 
 def test_patience_stops_after_epochs_without_a_better_validation_metric(tiny_config, tmp_path, monkeypatch):
-    from jaxrec.evaluation import LeaveOneOutEvaluator
+    from jaxrec.tasks.next_item.evaluation import LeaveOneOutEvaluator
 
     select = tiny_config.eval.select_metric
     scripted = iter([0.30, 0.40, 0.35, 0.39, 0.38])  # validation at epochs 1..5: best 0.40 at epoch 2
@@ -74,7 +75,7 @@ def test_patience_stops_after_epochs_without_a_better_validation_metric(tiny_con
 
 def test_validation_sample_validates_on_its_users_and_tests_everyone(tiny_config, tmp_path, monkeypatch):
     # gSASRec's protocol: 100 users validate, the others train on their second-to-last item; all are tested.
-    from jaxrec.evaluation import LeaveOneOutEvaluator
+    from jaxrec.tasks.next_item.evaluation import LeaveOneOutEvaluator
 
     evaluators = []
     real_init = LeaveOneOutEvaluator.__init__

@@ -12,7 +12,8 @@ import pytest
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxrec import losses, retrieval, vocab_parallel
+from jaxrec.ops import losses, vocab_parallel
+from jaxrec.ops import topk as retrieval
 from tests.conftest import REPO, assert_close
 
 MESHES = [(8, 1), (4, 2), (2, 4), (1, 8)]

@@ -1,4 +1,4 @@
-"""Data layer: readers, preprocessing, splits, synthetic data and the dataset registry."""
+"""Data layer: readers, preprocessing, synthetic data and the dataset registry (the sources every task reads)."""
 
 from jaxrec.data.datasets import (
     ML1M_CHECKSUM,
@@ -18,7 +18,6 @@ from jaxrec.data.readers import (
     read_movielens_ratings,
     read_sasrec_pairs,
 )
-from jaxrec.data.splits import LeaveOneOutSplit, leave_one_out, sample_eval_negatives
 from jaxrec.data.synthetic import generate, generate_interactions
 from jaxrec.data.types import DataError, Interactions, SequenceDataset
 
@@ -30,7 +29,6 @@ __all__ = [
     "SASREC_ML1M_URL",
     "DataError",
     "Interactions",
-    "LeaveOneOutSplit",
     "SequenceDataset",
     "default_cache_dir",
     "default_data_dir",
@@ -38,12 +36,10 @@ __all__ = [
     "generate",
     "generate_interactions",
     "kcore_filter",
-    "leave_one_out",
     "load_dataset",
     "read_delimited",
     "read_movielens_genres",
     "read_movielens_ratings",
     "read_sasrec_pairs",
-    "sample_eval_negatives",
     "to_sequences",
 ]

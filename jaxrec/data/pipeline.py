@@ -184,7 +184,7 @@ def train_iterator(plan: TrainBatches, start_step: int, num_steps: int, prefetch
     """A prefetching grain iterator over steps [start_step, num_steps) of `plan`.
 
     `rows`: the share of each batch this process builds (multi-host data parallelism: every process
-    walks the same steps and produces only its devices' rows; see `jaxrec.mesh.process_rows`).
+    walks the same steps and produces only its devices' rows; see `jaxrec.engine.mesh.process_rows`).
     """
     dataset = grain.MapDataset.range(num_steps).map(ProcessRows(plan, rows))[start_step:]
     # One host thread builds batches ahead of the step; the other core stays with XLA.

@@ -15,7 +15,7 @@ MODELS = {
     "mf": MF,
     "youtube_dnn": YoutubeDNN,
     "pinnerformer": PinnerFormer,
-    **RANKERS,  # CTR rankers (wdl, wdl_seq, din, bst): built by build_ranker, trained by jaxrec.ctr_trainer
+    **RANKERS,  # CTR rankers (wdl, wdl_seq, din, bst): built by build_ranker, trained by jaxrec.tasks.ctr.task
 }
 
 

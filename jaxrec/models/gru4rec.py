@@ -5,7 +5,7 @@ Legend: B batch, L history length (left padded, id 0), D hidden, V item-table ro
 Item embeddings (dropout) feed `num_blocks` stacked GRU layers of width D (`flax.linen.GRUCell`
 under `nn.scan`); the hidden state after each item scores the next item by dot products with the
 item table (shared with the input embeddings, or a separate output table when
-`shared_output_embedding` is off), so every loss of `jaxrec.losses` trains it. GRU4Rec's own
+`shared_output_embedding` is off), so every loss of `jaxrec.ops.losses` trains it. GRU4Rec's own
 session-parallel mini-batches become the pipeline's padded user sequences.
 
 Padding: at a padding position the state is carried unchanged (the GRU update is masked), so left

@@ -4,7 +4,7 @@ Legend: B batch, L history length, S = L + 1, C genres, F user fields, D model.h
 (D for the item, plus D for the genres when there are genres), T = E + D (BST: plus the time embedding),
 V item-table rows.
 
-Inputs: the batch keys of `jaxrec.data.ctr` plus the genre multi-hots that `with_genres` gathers
+Inputs: the batch keys of `jaxrec.tasks.ctr.data` plus the genre multi-hots that `with_genres` gathers
 (history_genres_BxLxC, candidate_genres_BxC; absent when num_categories = 0). Every model returns
 (logits_B float32, aux).
 

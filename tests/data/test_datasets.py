@@ -15,10 +15,9 @@ from jaxrec.data import (
     default_cache_dir,
     default_data_dir,
     fetch,
-    leave_one_out,
     load_dataset,
-    sample_eval_negatives,
 )
+from jaxrec.tasks.next_item.split import leave_one_out, sample_eval_negatives
 
 
 @pytest.fixture(autouse=True)

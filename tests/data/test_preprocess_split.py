@@ -9,10 +9,9 @@ from jaxrec.data import (
     SequenceDataset,
     generate,
     kcore_filter,
-    leave_one_out,
-    sample_eval_negatives,
     to_sequences,
 )
+from jaxrec.tasks.next_item.split import leave_one_out, sample_eval_negatives
 
 
 def _ints(x):

@@ -14,16 +14,17 @@ import jax
 import numpy as np
 
 from jaxrec import config as config_lib
-from jaxrec import mesh as mesh_lib
-from jaxrec import run_dir
-from jaxrec.checkpoint import RunCheckpoints
-from jaxrec.data import leave_one_out, load_dataset
+from jaxrec.data import load_dataset
 from jaxrec.data.datasets import user_inputs
 from jaxrec.data.pipeline import TrainBatches, parse_buckets, train_iterator
-from jaxrec.evaluation import LeaveOneOutEvaluator, draw_eval_negatives
-from jaxrec.loop import TrainingDiverged, fit, restore_latest  # noqa: F401  (TrainingDiverged: re-exported)
+from jaxrec.engine import mesh as mesh_lib
+from jaxrec.engine import run_dir
+from jaxrec.engine.checkpoint import RunCheckpoints
+from jaxrec.engine.loop import TrainingDiverged, fit, restore_latest  # noqa: F401  (TrainingDiverged: re-exported)
+from jaxrec.engine.step import compiler_options, init_state, make_optimizer, make_train_step
 from jaxrec.models import build_model, trains_on_whole_sequence, uses_user_inputs
-from jaxrec.train_step import compiler_options, init_state, make_optimizer, make_train_step
+from jaxrec.tasks.next_item.evaluation import LeaveOneOutEvaluator, draw_eval_negatives
+from jaxrec.tasks.next_item.split import leave_one_out
 
 log = logging.getLogger("jaxrec")
 
@@ -70,11 +71,11 @@ def run(
     `interrupt_after_epoch` simulates a crash after that epoch's checkpoint (for tests).
     """
     if cfg.model.name == "pinnerformer":  # two-tower retrieval: temporal split, its own loop
-        from jaxrec import retrieval_trainer
+        from jaxrec.tasks.retrieval import task as retrieval_trainer
 
         return retrieval_trainer.run(cfg, workdir, resume, interrupt_after_epoch)
     if cfg.model.name in config_lib.CTR_MODELS:  # CTR ranking: time-split examples, AUC/GAUC, its own loop
-        from jaxrec import ctr_trainer
+        from jaxrec.tasks.ctr import task as ctr_trainer
 
         return ctr_trainer.run(cfg, workdir, resume, interrupt_after_epoch)
     config_lib.validate(cfg)

@@ -1,8 +1,8 @@
 """The CTR training loop (model.name = wdl | wdl_seq | din | bst): time-split examples, train, validate, test.
 
-Examples and the split come from `jaxrec.data.ctr` (global time quantiles: no validation or test
+Examples and the split come from `jaxrec.tasks.ctr.data` (global time quantiles: no validation or test
 example is earlier than a training one). An epoch is one pass over the training examples; validation
-computes AUC, GAUC and log loss (`jaxrec.ctr_metrics`) and keeps the checkpoint best on
+computes AUC, GAUC and log loss (`jaxrec.ops.auc`) and keeps the checkpoint best on
 `eval.select_metric` (valid/auc or valid/gauc); the test evaluates that checkpoint. Outputs follow the
 leave-one-out trainer's contract: config.json, metrics.jsonl (one line per validation), metrics.json
 (valid/ and test/ auc, gauc, logloss of the best checkpoint, train/seconds, ...), checkpoints/{latest,best}
@@ -19,17 +19,17 @@ import jax
 import numpy as np
 
 from jaxrec import config as config_lib
-from jaxrec import mesh as mesh_lib
-from jaxrec import run_dir
-from jaxrec.checkpoint import RunCheckpoints
-from jaxrec.ctr_metrics import ctr_metrics
-from jaxrec.ctr_step import init_state, make_predict, make_train_step
-from jaxrec.data.ctr import CTRBatches, build_ctr_data, eval_batches
 from jaxrec.data.pipeline import train_iterator
-from jaxrec.dispatch import DispatchWindow
-from jaxrec.loop import TrainingDiverged, fit, restore_latest
+from jaxrec.engine import mesh as mesh_lib
+from jaxrec.engine import run_dir
+from jaxrec.engine.checkpoint import RunCheckpoints
+from jaxrec.engine.dispatch import DispatchWindow
+from jaxrec.engine.loop import TrainingDiverged, fit, restore_latest
+from jaxrec.engine.step import compiler_options, make_optimizer
 from jaxrec.models.rankers import build_ranker
-from jaxrec.train_step import compiler_options, make_optimizer
+from jaxrec.ops.auc import ctr_metrics
+from jaxrec.tasks.ctr.data import CTRBatches, build_ctr_data, eval_batches
+from jaxrec.tasks.ctr.loss import init_state, make_predict, make_train_step
 
 log = logging.getLogger("jaxrec")
 

@@ -24,10 +24,10 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxrec import run_dir
-from jaxrec.checkpoint import CheckpointError, RunCheckpoints
-from jaxrec.dispatch import DispatchWindow
-from jaxrec.progress import Progress
+from jaxrec.engine import run_dir
+from jaxrec.engine.checkpoint import CheckpointError, RunCheckpoints
+from jaxrec.engine.dispatch import DispatchWindow
+from jaxrec.engine.progress import Progress
 
 log = logging.getLogger("jaxrec")
 

@@ -10,7 +10,7 @@ from `PARAM_AXES`, a path-regex table as in big_vision; `logical_rules` maps log
 The mesh uses Auto axis types (GSPMD propagation): `jax.make_mesh` in jax 0.10 defaults to Explicit axes
 (sharding in types), which would force every op of every model to say how its output is sharded; with
 Auto axes the models stay mesh-agnostic and only the state, the batch and the vocabulary-parallel losses
-(`jaxrec.vocab_parallel`, shard_map) are placed explicitly.
+(`jaxrec.ops.vocab_parallel`, shard_map) are placed explicitly.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def logical_rules(fsdp: bool = False) -> dict[str, tuple[str, ...] | None]:
 # The CTR rankers keep one CPU device by default (mesh.cpu_devices = 0). The split exists for attention's
 # batched matmuls, which XLA:CPU runs on one core; the rankers are mostly MLP and embedding GEMMs, which
 # XLA:CPU already spreads over cores. (Their two-device runs once died in a rendezvous deadlock: that was the
-# host running 32 programs ahead, which `jaxrec.dispatch` now prevents for every model.)
+# host running 32 programs ahead, which `jaxrec.engine.dispatch` now prevents for every model.)
 ONE_CPU_DEVICE_MODELS = CTR_MODELS
 
 

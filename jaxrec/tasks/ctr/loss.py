@@ -21,8 +21,8 @@ import numpy as np
 import optax
 
 from jaxrec.config import Config
+from jaxrec.engine.step import RNG_IMPL
 from jaxrec.models.rankers import with_genres
-from jaxrec.train_step import RNG_IMPL
 
 NOT_MODEL_INPUTS = ("label_B", "weight_B", "user_B")
 

@@ -13,12 +13,12 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from jaxrec import mesh as mesh_lib
-from jaxrec.data import sample_eval_negatives
 from jaxrec.data.pipeline import eval_batches
-from jaxrec.dispatch import DispatchWindow
-from jaxrec.metrics import means, merge, metric_sums
-from jaxrec.train_step import compiler_options, make_eval_step
+from jaxrec.engine import mesh as mesh_lib
+from jaxrec.engine.dispatch import DispatchWindow
+from jaxrec.engine.step import compiler_options, make_eval_step
+from jaxrec.ops.ranking import means, merge, metric_sums
+from jaxrec.tasks.next_item.split import sample_eval_negatives
 
 
 def draw_eval_negatives(split, cfg) -> dict[str, tuple[np.ndarray, np.ndarray]]:

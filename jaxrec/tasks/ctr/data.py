@@ -24,7 +24,7 @@ Batch keys (`CTRData.batch`):
   label_B            float32 0 / 1
   weight_B           float32 1 for examples, 0 for the rows that pad a batch
   user_B             int32 dense user id (GAUC's groups; not a model input)
-Genre multi-hots are gathered on device from `CTRData.categories_VxC` (see jaxrec.ctr_step).
+Genre multi-hots are gathered on device from `CTRData.categories_VxC` (see jaxrec.tasks.ctr.loss).
 """
 
 from __future__ import annotations

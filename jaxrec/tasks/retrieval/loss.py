@@ -20,10 +20,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxrec import sampling
 from jaxrec.config import Config
-from jaxrec.losses import sampled_softmax_loss, temperature, temperature_param
-from jaxrec.train_step import RNG_IMPL
+from jaxrec.engine.step import RNG_IMPL
+from jaxrec.ops import sampling
+from jaxrec.ops.losses import sampled_softmax_loss, temperature, temperature_param
 
 
 @flax.struct.dataclass

@@ -2,7 +2,7 @@
 
 Every function is a `jax.shard_map` over `jax.sharding.Mesh(devices, ("data", "model"))` (Auto axes): the table
 arrives as P("model", None), so shard s holds rows [s V/S, (s+1) V/S), and the batch rows as P("data"), replicated
-over "model". The maths is jaxrec.losses'; only the reductions over the catalogue become collectives.
+over "model". The maths is jaxrec.ops.losses'; only the reductions over the catalogue become collectives.
 
 sharded_softmax_ce       full-catalogue softmax CE. Each shard computes its own logits (all at once, or in chunks
                          with an online logsumexp and a custom VJP that recomputes them), the logsumexp is combined
@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
-from jaxrec import losses
+from jaxrec.ops import losses
 
 DATA, MODEL = "data", "model"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from jaxrec.metrics import means, metric_sums
+from jaxrec.ops.ranking import means, metric_sums
 
 
 def popularity_metrics(split, eval_negatives, ks) -> dict[str, float]:

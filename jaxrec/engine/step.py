@@ -12,10 +12,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxrec import mesh as mesh_lib
 from jaxrec.config import Config
-from jaxrec.losses import real_item_rows, training_loss
-from jaxrec.metrics import rank_of_target
+from jaxrec.engine import mesh as mesh_lib
+from jaxrec.ops.losses import real_item_rows, training_loss
+from jaxrec.ops.ranking import rank_of_target
 
 # rbg keys: dropout masks are the bulk of the random bits in a step, and threefry is slow on CPU.
 RNG_IMPL = "rbg"
@@ -49,7 +49,7 @@ def make_optimizer(cfg: Config) -> optax.GradientTransformation:
 
 
 def init_state(model, tx, cfg: Config, mesh=None) -> TrainState:
-    """The initial state; with a `mesh`, created already sharded by `jaxrec.mesh`'s rules.
+    """The initial state; with a `mesh`, created already sharded by `jaxrec.engine.mesh`'s rules.
 
     Sharded: the state's shapes come from `eval_shape`, and one jitted init with those out_shardings
     writes each device's shard in place, so an item table larger than one device never exists whole.

@@ -11,7 +11,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from jaxrec import sampling
+from jaxrec.ops import sampling
 
 
 def bce_sampled(h_BxLxD, table_VxD, positives_BxL, negatives_BxL):
@@ -266,7 +266,7 @@ def training_loss(cfg_model, num_items: int, h_BxLxD, table_VxD, batch, key, mes
     """The loss `model.loss` names, on a batch: (mean over target positions, number of them).
 
     With a `mesh` whose "model" axis splits the item table, ce and ce_chunked run vocabulary-parallel
-    (`jaxrec.vocab_parallel`: each shard's logits stay local, logsumexps combine across shards).
+    (`jaxrec.ops.vocab_parallel`: each shard's logits stay local, logsumexps combine across shards).
     `target_fraction`: the expected share of positions with a target (BERT4Rec's mask_prob); when
     given, ce and ce_chunked score only those positions (`sparse_target_ce`, same value and gradient).
 
@@ -293,7 +293,7 @@ def training_loss(cfg_model, num_items: int, h_BxLxD, table_VxD, batch, key, mes
         h_NxD = h_BxLxD.reshape(-1, h_BxLxD.shape[-1])
         targets_N = positives_BxL.reshape(-1)
         if mesh is not None and mesh.shape["model"] > 1:
-            from jaxrec.vocab_parallel import sharded_softmax_ce  # imports this module
+            from jaxrec.ops.vocab_parallel import sharded_softmax_ce  # imports this module
 
             chunk = cfg_model.ce_chunk if cfg_model.loss == "ce_chunked" else 0
 
@@ -359,7 +359,7 @@ def sampled_softmax_loss(
 
     For query u with positive p: logits s(u, x) = <u, x> / tau - log Q(x) over {p} and the M candidates (without
     `- log Q` when `logq_correction` is off), loss = logsumexp(s) - s(u, p). One N x M logit matrix, never N x V.
-    Q comes with the candidates from `jaxrec.sampling` (log of x's expected count among the candidates).
+    Q comes with the candidates from `jaxrec.ops.sampling` (log of x's expected count among the candidates).
 
     Args:
       query_NxD, positive_NxD: query and positive-item embeddings; any float dtype (logits are float32).

@@ -19,19 +19,19 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxrec import config as config_lib
-from jaxrec import mesh as mesh_lib
-from jaxrec import run_dir
-from jaxrec.checkpoint import RunCheckpoints
 from jaxrec.data.events import FEATURE_COLUMNS, EventDataset, load_events
 from jaxrec.data.pipeline import train_iterator
-from jaxrec.data.retrieval_batches import RetrievalBatches
 from jaxrec.data.types import DataError
-from jaxrec.loop import fit, restore_latest
+from jaxrec.engine import mesh as mesh_lib
+from jaxrec.engine import run_dir
+from jaxrec.engine.checkpoint import RunCheckpoints
+from jaxrec.engine.loop import fit, restore_latest
+from jaxrec.engine.step import compiler_options
 from jaxrec.models import build_model
 from jaxrec.models.pinnerformer import EVENT_FEATURES
-from jaxrec.retrieval_step import init_state, make_optimizer, make_train_step
-from jaxrec.temporal import TemporalEvalConfig, evaluate, temporal_split, user_embedder
-from jaxrec.train_step import compiler_options
+from jaxrec.tasks.retrieval.batches import RetrievalBatches
+from jaxrec.tasks.retrieval.loss import init_state, make_optimizer, make_train_step
+from jaxrec.tasks.retrieval.temporal import TemporalEvalConfig, evaluate, temporal_split, user_embedder
 
 log = logging.getLogger("jaxrec")
 
