@@ -16,9 +16,10 @@ from jaxrec.data.datasets import user_inputs
 from jaxrec.data.pipeline import TrainBatches, eval_batches
 from jaxrec.models import build_model, uses_user_inputs
 from jaxrec.models.youtube_dnn import last_positions_only, window_mean
-from jaxrec.ops.losses import bpr, sampled_candidates, sampled_ce, softmax_ce_full, training_loss
+from jaxrec.ops.losses import bpr, sampled_candidates, sampled_ce, softmax_ce_full
 from jaxrec.tasks.next_item import task as trainer
 from jaxrec.tasks.next_item.baselines import popularity_metrics
+from jaxrec.tasks.next_item.loss import training_loss
 from jaxrec.tasks.next_item.split import leave_one_out, sample_eval_negatives
 from tests.conftest import assert_close
 

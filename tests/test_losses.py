@@ -12,8 +12,8 @@ from jaxrec.ops.losses import (
     softmax_ce_full,
     sparse_target_ce,
     target_capacity,
-    training_loss,
 )
+from jaxrec.tasks.next_item.loss import training_loss
 from tests.conftest import assert_close
 
 NUM_ITEMS = 45  # rows 46..63 of a 64-row table are vocabulary padding

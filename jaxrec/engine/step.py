@@ -14,8 +14,9 @@ import optax
 
 from jaxrec.config import Config
 from jaxrec.engine import mesh as mesh_lib
-from jaxrec.ops.losses import real_item_rows, training_loss
+from jaxrec.ops.losses import real_item_rows
 from jaxrec.ops.ranking import rank_of_target
+from jaxrec.tasks.next_item.loss import training_loss
 
 # rbg keys: dropout masks are the bulk of the random bits in a step, and threefry is slow on CPU.
 RNG_IMPL = "rbg"
