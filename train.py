@@ -60,18 +60,19 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     from jaxrec import config as config_lib
+    from jaxrec import experiment
     from jaxrec.data import DataError
     from jaxrec.engine import mesh as mesh_lib
     from jaxrec.engine.run_dir import RunDirError
 
     try:
         cfg = config_lib.apply_overrides(load_config(args.config), args.set)
-        config_lib.validate(cfg)  # before its mesh settings reach JAX (the trainers validate again)
+        task = experiment.validate(cfg)  # before its mesh settings reach JAX (experiment.run validates again)
     except (config_lib.ConfigError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     # Both must come before anything starts a JAX backend.
-    mesh_lib.configure_cpu_devices(cfg)
+    mesh_lib.configure_cpu_devices(cfg, one_device=task.one_cpu_device)
     if args.distributed or args.coordinator or args.num_processes > 1:
         initialize_distributed(args.coordinator, args.num_processes, args.process_id)
     import jax
@@ -85,18 +86,17 @@ def main(argv=None) -> int:
     from jaxrec.engine import run_dir
     from jaxrec.engine.checkpoint import CheckpointError, remove_unfinished_writes
     from jaxrec.engine.loop import Interrupted
-    from jaxrec.tasks.next_item import task as trainer
 
     # The trainers write nothing before the inputs pass; should a refusal come later (the first validation
     # finds no user to evaluate), the folders this run created go too, unless they hold a checkpoint.
     created = run_dir.created_folder(Path(args.workdir))
     try:
-        metrics = trainer.run(cfg, args.workdir, resume=args.resume)
+        metrics = experiment.run(cfg, args.workdir, resume=args.resume)
     except (config_lib.ConfigError, DataError, RunDirError, ValueError) as err:
         run_dir.remove_unused(created)
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except trainer.TrainingDiverged as err:  # not bad input: the run's files stay, to be looked at
+    except experiment.TrainingDiverged as err:  # not bad input: the run's files stay, to be looked at
         print(f"error: {err}", file=sys.stderr)
         return 2
     except CheckpointError as err:  # a failed write (disk full): the previous checkpoint stays

@@ -229,9 +229,9 @@ def inject(fault: str, train_args: list[str]) -> int:
     if kind == "nan":
         import jax.numpy as jnp
 
-        from jaxrec.tasks.next_item import task as trainer
+        from jaxrec.engine import train as engine_train
 
-        make = trainer.make_train_step
+        make = engine_train.make_train_step
 
         def make_with_nan(*args, **kwargs):
             step_fn = make(*args, **kwargs)
@@ -243,7 +243,7 @@ def inject(fault: str, train_args: list[str]) -> int:
 
             return step
 
-        trainer.make_train_step = make_with_nan
+        engine_train.make_train_step = make_with_nan
     elif kind == "fsize":
         import resource
 

@@ -28,10 +28,12 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from jaxrec.config import Config, ModelConfig, RetrievalConfig, TrainConfig  # noqa: E402
-from jaxrec.engine.step import compiler_options  # noqa: E402
+from jaxrec.config import Config, RetrievalConfig, TrainConfig, model_config  # noqa: E402
+from jaxrec.engine.compile import compiler_options  # noqa: E402
+from jaxrec.engine.state import init_state, make_optimizer  # noqa: E402
+from jaxrec.engine.step import make_train_step  # noqa: E402
 from jaxrec.models import build_model  # noqa: E402
-from jaxrec.tasks.retrieval.loss import init_state, make_optimizer, make_train_step  # noqa: E402
+from jaxrec.tasks.retrieval.loss import init_frequency, init_params, make_loss, update_frequency  # noqa: E402
 
 
 def synthetic_batch(rng, users: int, max_len: int, num_items: int) -> dict[str, np.ndarray]:
@@ -64,8 +66,8 @@ def main(argv=None) -> list[dict]:
         args.items, args.users, args.negatives, args.max_len, args.hidden, args.steps = 5000, 64, 256, 8, 16, 2
 
     cfg = Config(
-        model=ModelConfig(
-            name="pinnerformer",
+        model=model_config(
+            "pinnerformer",
             max_len=args.max_len,
             hidden=args.hidden,
             num_blocks=2,
@@ -80,10 +82,12 @@ def main(argv=None) -> list[dict]:
     rng = np.random.default_rng(0)
     batches = [synthetic_batch(rng, args.users, args.max_len, args.items) for _ in range(args.steps + 1)]
     model = build_model(cfg.model, args.items)
-    tx = make_optimizer(cfg)
-    state = init_state(model, tx, cfg, batches[0])
+    tx = make_optimizer(cfg.train)
+    state = init_state(
+        init_params(model, cfg, batches[0]), tx, cfg.train.seed, init_task_state=lambda: init_frequency(cfg)
+    )
     counts = np.ones(args.items + 1, np.int64)  # unused by count_min; the exact path needs the shape only
-    step_fn = make_train_step(model, tx, cfg, args.items, counts)
+    step_fn = make_train_step(make_loss(model, cfg, args.items, counts), tx, update_task_state=update_frequency(cfg))
     start = time.perf_counter()
     compiled = jax.jit(step_fn, donate_argnums=0).lower(state, batches[0]).compile(compiler_options=compiler_options())
     compile_s = time.perf_counter() - start

@@ -23,7 +23,7 @@ sys.path.insert(0, str(REPO))  # run as a script: `benchmarks` and `jaxrec` must
 from benchmarks import bench_common as common  # noqa: E402
 from jaxrec.config import DataConfig  # noqa: E402
 from jaxrec.data.datasets import load_dataset  # noqa: E402
-from jaxrec.data.pipeline import TrainBatches  # noqa: E402
+from jaxrec.tasks.next_item.batches import TrainBatches  # noqa: E402
 from jaxrec.tasks.next_item.split import leave_one_out  # noqa: E402
 
 

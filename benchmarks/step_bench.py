@@ -6,7 +6,7 @@
 
 Cases: configs/{sasrec,bert4rec,gru4rec,mf,youtube_dnn}_ml1m.py with their default losses, plus SASRec
 with `ce` and `ce_chunked` (`sasrec_ml1m:ce`, ...). The model comes from jaxrec.models.build_model
-and the step from jaxrec.engine.step (make_optimizer, init_state, make_train_step), jitted with the
+and the next-item task's step (jaxrec.tasks.next_item.task: init_state, make_train_step), jitted with the
 state donated and jaxrec's compiler options; no dataset and no grain: batches are synthetic, of the
 config's shape (train.batch_size x model.max_len, or --length), with ML-1M's catalogue (3,416 items,
 6,040 users) and per-row history lengths drawn from ML-1M (sasrec-format/ml-1m.txt under
@@ -83,7 +83,7 @@ def step_flops(model_cfg, num_items: int, batch: int, length: int, micro_batch: 
     with a `target_fraction`, BERT4Rec, scores only N' = each micro-batch's `target_capacity` rows);
     sampled N x M logits 2 N M D; gbce 2 N K D.
     """
-    from jaxrec.models.sasrec import vocab_rows
+    from jaxrec.layers.embeddings import vocab_rows
 
     name, d, blocks = model_cfg.name, model_cfg.hidden, model_cfg.num_blocks
     n = batch * length
@@ -118,11 +118,11 @@ def step_flops(model_cfg, num_items: int, batch: int, length: int, micro_batch: 
         from jaxrec.models import MODELS
         from jaxrec.ops.losses import target_capacity
 
-        target_fraction_of = getattr(MODELS[name], "target_fraction", None)
+        fraction = MODELS[name].target_fraction(model_cfg)
         scored = n
-        if target_fraction_of:
+        if fraction is not None:
             micro = micro_batch or batch
-            scored = (batch // micro) * target_capacity(micro * length, target_fraction_of(model_cfg))
+            scored = (batch // micro) * target_capacity(micro * length, fraction)
         parts["loss"] = 2 * scored * rows * score_dim
     elif loss in ("sampled", "gbce"):
         parts["loss"] = 2 * n * (model_cfg.num_negatives + 1) * score_dim
@@ -162,20 +162,22 @@ def synthetic_batch(cfg, num_items: int, num_users: int, length: int, user_input
 def run_case(case: str, args, info: dict, peak: dict) -> dict:
     import jax
 
-    from jaxrec.engine import step as ts
-    from jaxrec.models import build_model, uses_user_inputs
+    from jaxrec.engine.compile import compiler_options
+    from jaxrec.engine.state import make_optimizer
+    from jaxrec.models import build_model
+    from jaxrec.tasks.next_item.task import init_state, make_train_step
 
     cfg = load_config(case, args.set)
     length = args.length or cfg.model.max_len
     model = build_model(cfg.model, args.num_items, num_users=args.num_users)
-    batch, lengths_B, source = synthetic_batch(cfg, args.num_items, args.num_users, length, uses_user_inputs(model))
-    tx = ts.make_optimizer(cfg)
-    state = ts.init_state(model, tx, cfg)
-    options = ts.compiler_options() if hasattr(ts, "compiler_options") else {}  # what the trainer compiles with
+    batch, lengths_B, source = synthetic_batch(cfg, args.num_items, args.num_users, length, model.uses_user_inputs)
+    tx = make_optimizer(cfg.train)
+    state = init_state(model, tx, cfg)
+    options = compiler_options()  # what the trainer compiles with
     positions = float((batch["positives_BxL"] > 0).sum())  # loss_normalizer=epoch: the data's mean, here this batch's
     start = time.perf_counter()
     compiled = (
-        jax.jit(ts.make_train_step(model, tx, cfg, None, positions), donate_argnums=0)
+        jax.jit(make_train_step(model, tx, cfg, None, positions), donate_argnums=0)
         .lower(state, batch)
         .compile(compiler_options=options)
     )

@@ -34,16 +34,18 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.naive_sasrec import NaiveSASRec, make_naive_step  # noqa: E402
-from jaxrec.config import Config, DataConfig, ModelConfig, TrainConfig, apply_overrides  # noqa: E402
+from jaxrec.config import Config, DataConfig, TrainConfig, apply_overrides, model_config  # noqa: E402
 from jaxrec.data import load_dataset  # noqa: E402
-from jaxrec.data.pipeline import TrainBatches, parse_buckets, train_iterator  # noqa: E402
 from jaxrec.engine import mesh as mesh_lib  # noqa: E402
+from jaxrec.engine.compile import compile_steps  # noqa: E402
 from jaxrec.engine.dispatch import DispatchWindow  # noqa: E402
-from jaxrec.engine.step import init_state, make_optimizer, make_train_step  # noqa: E402
+from jaxrec.engine.feed import train_iterator  # noqa: E402
+from jaxrec.engine.state import make_optimizer  # noqa: E402
 from jaxrec.models import build_model  # noqa: E402
+from jaxrec.tasks.next_item.batches import TrainBatches, parse_buckets  # noqa: E402
 from jaxrec.tasks.next_item.evaluation import LeaveOneOutEvaluator, draw_eval_negatives  # noqa: E402
 from jaxrec.tasks.next_item.split import leave_one_out  # noqa: E402
-from jaxrec.tasks.next_item.task import compile_train_steps  # noqa: E402
+from jaxrec.tasks.next_item.task import example_batches, init_state, make_train_step  # noqa: E402
 
 
 def emit(records, out, name, value, unit, **extra):
@@ -82,12 +84,11 @@ def time_epochs(cfg, split, epochs, options=None):
     buckets = parse_buckets(cfg.train.length_buckets, cfg.model.max_len)
     plan = TrainBatches(split.train, split.num_items, cfg.model.max_len, cfg.train.batch_size, buckets, 0)
     model = build_model(cfg.model, split.num_items)
-    tx = make_optimizer(cfg)
+    tx = make_optimizer(cfg.train)
     mesh = mesh_lib.make_mesh(cfg.mesh.data, cfg.mesh.model)
     state = init_state(model, tx, cfg, mesh)
     train_step = make_train_step(model, tx, cfg, mesh, plan.mean_positions_per_batch)
-    compiled, compile_seconds = compile_train_steps(train_step, state, plan, options, mesh)
-    steps = {length: (lambda s, b, c=c: c(s, mesh_lib.put_batch(b, mesh))) for length, c in compiled.items()}
+    step, _, compile_seconds = compile_steps(train_step, state, example_batches(plan), mesh, options)
     batches = train_iterator(plan, 0, (epochs + 1) * plan.steps_per_epoch)
     epoch_times, per_bucket = [], {length: [] for length in buckets}
     window = DispatchWindow()  # as the trainer: at most a few steps in flight (XLA:CPU deadlocks at 32)
@@ -97,7 +98,7 @@ def time_epochs(cfg, split, epochs, options=None):
             batch = next(batches)
             length = batch["inputs_BxL"].shape[1]
             t0 = time.perf_counter()
-            state, metrics = steps[length](state, batch)
+            state, metrics = step(state, batch)
             window.push(metrics["loss"])
             if epoch == epochs:  # last epoch: synchronise per step to time each bucket
                 jax.block_until_ready(metrics)
@@ -195,7 +196,7 @@ def load_config(path, overrides):
 def smoke_config() -> Config:
     return Config(
         data=DataConfig(name="synthetic", synthetic_users=300, synthetic_items=100, synthetic_mean_length=15),
-        model=ModelConfig(max_len=16, hidden=16, num_blocks=1),
+        model=model_config("sasrec", max_len=16, hidden=16, num_blocks=1),
         train=TrainConfig(batch_size=32, micro_batch=8, length_buckets="8"),
     )
 

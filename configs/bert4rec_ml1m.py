@@ -6,14 +6,14 @@ adds their Adam beta2 0.999 and 200 epochs). The CE scores only the masked posit
 (BERT4Rec.target_fraction -> losses.sparse_target_ce).
 """
 
-from jaxrec.config import Config, DataConfig, EvalConfig, ModelConfig, TrainConfig
+from jaxrec.config import Config, DataConfig, EvalConfig, TrainConfig
+from jaxrec.models.bert4rec import BERT4RecConfig
 
 
 def get_config() -> Config:
     return Config(
         data=DataConfig(name="ml-1m-sasrec"),
-        model=ModelConfig(
-            name="bert4rec",
+        model=BERT4RecConfig(
             max_len=200,
             hidden=64,
             num_blocks=2,

@@ -6,15 +6,14 @@ user sequences trained with cross-entropy over the whole catalogue (the loss the
 most re-evaluations favour); Adam instead of Adagrad. Not tuned on this data.
 """
 
-from jaxrec.config import Config, DataConfig, EvalConfig, ModelConfig, TrainConfig
+from jaxrec.config import Config, DataConfig, EvalConfig, TrainConfig
+from jaxrec.models.gru4rec import GRU4RecConfig
 
 
 def get_config() -> Config:
     return Config(
         data=DataConfig(name="ml-1m-sasrec"),
-        model=ModelConfig(
-            name="gru4rec", max_len=200, hidden=100, num_blocks=1, dropout=0.25, loss="ce_chunked", ce_chunk=1024
-        ),
+        model=GRU4RecConfig(max_len=200, hidden=100, num_blocks=1, dropout=0.25, loss="ce_chunked", ce_chunk=1024),
         train=TrainConfig(num_epochs=100, batch_size=128, learning_rate=1e-3),
         eval=EvalConfig(every_epochs=10, num_negatives=100),
     )

@@ -7,14 +7,14 @@ PinnerFormer's best setting; `--set retrieval.negatives=in_batch --set retrieval
 give the other rows of benchmarks/results/pinnerformer_ml1m.
 """
 
-from jaxrec.config import Config, DataConfig, EvalConfig, ModelConfig, RetrievalConfig, TrainConfig
+from jaxrec.config import Config, DataConfig, EvalConfig, RetrievalConfig, TrainConfig
+from jaxrec.models.pinnerformer import PinnerFormerConfig
 
 
 def get_config() -> Config:
     return Config(
         data=DataConfig(name="ml-1m-partial"),
-        model=ModelConfig(
-            name="pinnerformer",
+        model=PinnerFormerConfig(
             max_len=64,
             hidden=64,
             num_blocks=2,

@@ -7,13 +7,14 @@ each event with its rating (`ctr.history_actions`; WDL itself has no history and
 Split: the last 10% of examples in time test, the 10% before validate (checkpoint by valid/auc).
 """
 
-from jaxrec.config import Config, CTRConfig, DataConfig, EvalConfig, ModelConfig, TrainConfig
+from jaxrec.config import Config, CTRConfig, DataConfig, EvalConfig, TrainConfig
+from jaxrec.models.rankers import RankerConfig
 
 
 def get_config() -> Config:
     return Config(
         data=DataConfig(name="ml-1m-partial"),
-        model=ModelConfig(name="wdl", max_len=20, hidden=32, num_blocks=1, num_heads=1, dropout=0.0),
+        model=RankerConfig(name="wdl", max_len=20, hidden=32, num_blocks=1, num_heads=1, dropout=0.0),
         train=TrainConfig(num_epochs=3, batch_size=256, learning_rate=1e-3, adam_b2=0.999, log_every=100),
         eval=EvalConfig(every_epochs=1, batch_size=1024, select_metric="valid/auc"),
         ctr=CTRConfig(

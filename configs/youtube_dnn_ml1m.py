@@ -14,14 +14,14 @@ Optional: `--set model.user_features=true` adds gender, age and occupation from 
 (through SASRec's user id map). No "example age": this split has no timestamps. Not tuned.
 """
 
-from jaxrec.config import Config, DataConfig, EvalConfig, ModelConfig, TrainConfig
+from jaxrec.config import Config, DataConfig, EvalConfig, TrainConfig
+from jaxrec.models.youtube_dnn import YoutubeDNNConfig
 
 
 def get_config() -> Config:
     return Config(
         data=DataConfig(name="ml-1m-sasrec"),
-        model=ModelConfig(
-            name="youtube_dnn",
+        model=YoutubeDNNConfig(
             max_len=100,  # >= examples_per_user + history_window - 1: every example's whole window
             hidden=64,
             dropout=0.1,

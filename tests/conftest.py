@@ -16,7 +16,8 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from jaxrec.config import Config, DataConfig, EvalConfig, ModelConfig, TrainConfig  # noqa: E402
+from jaxrec.config import Config, DataConfig, EvalConfig, TrainConfig, switch_model  # noqa: E402
+from jaxrec.models.sasrec import SASRecConfig  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -34,17 +35,24 @@ def tiny_config() -> Config:
     """A config that trains on synthetic data in seconds."""
     return Config(
         data=DataConfig(name="synthetic", synthetic_users=1000, synthetic_items=120, synthetic_mean_length=20),
-        model=ModelConfig(max_len=24, hidden=16, num_blocks=2, num_heads=1, dropout=0.2),
+        model=SASRecConfig(max_len=24, hidden=16, num_blocks=2, num_heads=1, dropout=0.2),
         train=TrainConfig(num_epochs=2, batch_size=64, learning_rate=0.005, length_buckets="none"),
         eval=EvalConfig(every_epochs=1, batch_size=128, num_negatives=20),
     )
 
 
 def replace(cfg: Config, **sections) -> Config:
-    """replace(cfg, train=dict(num_epochs=3)) -> cfg with those fields changed."""
-    return dataclasses.replace(
-        cfg, **{name: dataclasses.replace(getattr(cfg, name), **fields) for name, fields in sections.items()}
-    )
+    """replace(cfg, train=dict(num_epochs=3)) -> cfg with those fields changed.
+
+    A `name` among the model's fields switches the model's config class first (`config.switch_model`).
+    """
+    for name, fields in sections.items():
+        fields = dict(fields)
+        section = getattr(cfg, name)
+        if name == "model" and "name" in fields:
+            section = switch_model(section, fields.pop("name"))
+        cfg = dataclasses.replace(cfg, **{name: dataclasses.replace(section, **fields)})
+    return cfg
 
 
 def weight_stds(params) -> dict[str, float]:

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from jaxrec.layers import attention as attn
+from jaxrec.layers import attention_fused
 from jaxrec.layers.dropout import keep_mask
 from tests.conftest import assert_close
 
@@ -193,7 +194,7 @@ def test_padded_reads_lengths_from_the_last_mask_row(monkeypatch):
     module = types.ModuleType("jaxrec.kernels.padded_attention")
     module.pallas_padded_attention = fake_kernel
     monkeypatch.setitem(sys.modules, "jaxrec.kernels.padded_attention", module)
-    monkeypatch.setattr(attn, "_module_exists", lambda name: True)
+    monkeypatch.setattr(attention_fused, "_module_exists", lambda name: True)
     q, k, v, valid = _inputs()
     out = attn.attention(q, k, v, implementation="padded_causal", mask_BxLxS=_padding_mask(valid, True))
     np.testing.assert_array_equal(calls["lengths"], [L, 5, 0])
@@ -204,7 +205,7 @@ def test_padded_reads_lengths_from_the_last_mask_row(monkeypatch):
 @pytest.mark.parametrize("impl", ["cudnn_padded_causal", "pallas_flash_causal", "padded_causal"])
 def test_trusting_kernels_fall_back_to_reference_for_last_only_queries(impl, monkeypatch):
     # SASRec's last_only inference: one query row against L keys. The kernel is never called.
-    monkeypatch.setattr(attn, "supports", lambda *args, **kwargs: (True, ""))
+    monkeypatch.setattr(attention_fused, "kernel_supports", lambda *args, **kwargs: (True, ""))
     q, k, v, valid = _inputs()
     mask = attn.causal_padding_mask(valid, causal=True)[:, -1:]
     out = attn.attention(q[:, -1:], k, v, implementation=impl, mask_BxLxS=mask)

@@ -5,33 +5,47 @@ import dataclasses
 import functools
 import json
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxrec.config import Config, DataConfig, EvalConfig, ModelConfig, TrainConfig
+from jaxrec import experiment
+from jaxrec.config import Config, DataConfig, EvalConfig, TrainConfig, model_config
 from jaxrec.data import generate_interactions, load_dataset
-from jaxrec.data.datasets import user_inputs
-from jaxrec.data.pipeline import TrainBatches, eval_batches
-from jaxrec.models import build_model, uses_user_inputs
-from jaxrec.models.youtube_dnn import last_positions_only, window_mean
+from jaxrec.data.datasets import ML1M_USER_FEATURE_ROWS, user_inputs
+from jaxrec.models import build_model
+from jaxrec.models.protocols import last_positions_only
+from jaxrec.models.youtube_dnn import window_mean
 from jaxrec.ops.losses import bpr, sampled_candidates, sampled_ce, softmax_ce_full
-from jaxrec.tasks.next_item import task as trainer
 from jaxrec.tasks.next_item.baselines import popularity_metrics
+from jaxrec.tasks.next_item.batches import TrainBatches, eval_batches
 from jaxrec.tasks.next_item.loss import training_loss
 from jaxrec.tasks.next_item.split import leave_one_out, sample_eval_negatives
 from tests.conftest import assert_close
 
 NUM_ITEMS, NUM_USERS, L = 40, 6, 12
-CFG = ModelConfig(max_len=L, hidden=8, num_blocks=2, dropout=0.2, tower_layers=2, tower_width=16, history_window=4)
+# Each model's own fields (its config class has no others); every model: max_len L, hidden 8.
+FIELDS = {
+    "gru4rec": dict(num_blocks=2, dropout=0.2),
+    "mf": {},
+    "youtube_dnn": dict(dropout=0.2, tower_layers=2, tower_width=16, history_window=4),
+}
+
+
+def _cfg(name, **fields):
+    return model_config(name, max_len=L, hidden=8, **{**FIELDS[name], **fields})
+
+
+CFG = _cfg("youtube_dnn")
 
 
 def _init(name, **fields):
-    model = build_model(dataclasses.replace(CFG, name=name, **fields), NUM_ITEMS, num_users=NUM_USERS)
+    model = build_model(_cfg(name, **fields), NUM_ITEMS, num_users=NUM_USERS, user_feature_rows=ML1M_USER_FEATURE_ROWS)
     # jit: eager mode would compile every op of the model one by one.
     init = jax.jit(lambda key: model.init({"params": key}, jnp.ones((1, L), jnp.int32), method=model.encode))
-    return model, init(jax.random.key(0))["params"]
+    return model, nn.unbox(init(jax.random.key(0))["params"])  # plain arrays (init boxes the tables' axes)
 
 
 def _histories(length=L, seed=0):
@@ -60,7 +74,7 @@ def _jitted_apply(model, last_only):
 def test_padding_buckets_and_last_only(name):
     """Left padding changes nothing: a shorter bucket computes the same states, padding rows are zero,
     and `last_only` equals the last row of the full pass."""
-    model, params = _init(name, user_features=name == "youtube_dnn")
+    model, params = _init(name, **({"user_features": True} if name == "youtube_dnn" else {}))
     ids = _histories()
     h, table = _apply(model, params, ids, name)
     assert h.shape == (3, L, CFG.hidden) and table.shape[1] == CFG.hidden and np.all(np.isfinite(h))
@@ -136,7 +150,7 @@ def test_examples_per_user_keeps_the_last_k_positions():
     np.testing.assert_array_equal(capped[:, :5], 0)
     np.testing.assert_array_equal(capped[:, 5:], positives[:, 5:])
     assert last_positions_only(batch, 0) is batch
-    cfg = dataclasses.replace(CFG, name="gru4rec", examples_per_user=3, loss="bce")
+    cfg = _cfg("gru4rec", examples_per_user=3, loss="bce")
     model = build_model(cfg, NUM_ITEMS)
     out = type(model).training_batch(batch, None, cfg, NUM_ITEMS)
     h = jnp.ones((3, 8, CFG.hidden))
@@ -146,7 +160,7 @@ def test_examples_per_user_keeps_the_last_k_positions():
 
 def test_youtube_dnn_drops_the_columns_no_example_reads():
     """With K examples per user the step keeps the last K + window - 1 columns: the same loss."""
-    cfg = dataclasses.replace(CFG, name="youtube_dnn", examples_per_user=3, loss="ce")
+    cfg = _cfg("youtube_dnn", examples_per_user=3, loss="ce")
     model, params = _init("youtube_dnn", examples_per_user=3, loss="ce")
     ids = _histories()
     batch = {"inputs_BxL": ids, "positives_BxL": ids.at[:, :-1].set(ids[:, 1:]), "user_BxF": _users()}
@@ -217,14 +231,17 @@ def test_bpr_is_log_sigmoid_of_the_score_difference():
 
 def test_mf_scores_with_the_users_own_vector():
     model, params = _init("mf")
-    assert uses_user_inputs(model) and not uses_user_inputs(build_model(CFG, NUM_ITEMS))
+    assert model.uses_user_inputs and not model.uses_user_features
+    assert not build_model(_cfg("gru4rec"), NUM_ITEMS).uses_user_inputs
+    youtube = build_model(_cfg("youtube_dnn", user_features=True), NUM_ITEMS, user_feature_rows=ML1M_USER_FEATURE_ROWS)
+    assert youtube.uses_user_inputs and youtube.uses_user_features
     h, table = _apply(model, params, _histories(), "mf")
     user_table = np.asarray(params["user_embedding"])
     np.testing.assert_array_equal(h[0], np.broadcast_to(user_table[1], (L, CFG.hidden)))
     np.testing.assert_array_equal(h[1, -1], user_table[2])
     np.testing.assert_array_equal(table, params["item_embedding"])
     with pytest.raises(ValueError, match="num_users"):
-        build_model(dataclasses.replace(CFG, name="mf"), NUM_ITEMS).init(
+        build_model(_cfg("mf"), NUM_ITEMS).init(
             {"params": jax.random.key(0)}, jnp.ones((1, L), jnp.int32), method="encode"
         )
 
@@ -278,7 +295,7 @@ def test_user_inputs_reads_users_dat(tmp_path):
 def _run_config(name, data, **model):
     return Config(
         data=data,
-        model=ModelConfig(name=name, max_len=16, hidden=16, num_blocks=1, dropout=0.0, num_negatives=32, **model),
+        model=model_config(name, max_len=16, hidden=16, num_negatives=32, **model),
         train=TrainConfig(num_epochs=12, batch_size=64, learning_rate=0.02, length_buckets="none"),
         eval=EvalConfig(every_epochs=6, batch_size=256, num_negatives=20, popularity_negatives=False),
     )
@@ -287,9 +304,12 @@ def _run_config(name, data, **model):
 @pytest.mark.parametrize(
     "name, model",
     [
-        ("gru4rec", dict(loss="ce")),
+        ("gru4rec", dict(loss="ce", num_blocks=1, dropout=0.0)),
         ("mf", dict(loss="bpr")),
-        ("youtube_dnn", dict(loss="sampled", history_window=2, user_features=True)),
+        (
+            "youtube_dnn",
+            dict(loss="sampled", history_window=2, user_features=True, dropout=0.0, tower_layers=2, tower_width=32),
+        ),
     ],
 )
 def test_trainer_run_beats_popularity(name, model, tmp_path):
@@ -298,8 +318,8 @@ def test_trainer_run_beats_popularity(name, model, tmp_path):
         data = _ml1m_files(tmp_path)
     else:
         data = DataConfig(name="synthetic", synthetic_users=600, synthetic_items=200, synthetic_mean_length=16)
-    cfg = _run_config(name, data, tower_layers=2, tower_width=32, **model)
-    metrics = trainer.run(cfg, tmp_path / "run")
+    cfg = _run_config(name, data, **model)
+    metrics = experiment.run(cfg, tmp_path / "run")
     split = leave_one_out(load_dataset(cfg.data))
     popularity = popularity_metrics(split, sample_eval_negatives(split, 20, cfg.data.seed), cfg.eval.ks)
     assert metrics.pop("ended_by") == "epochs" and all(np.isfinite(v) for v in metrics.values())

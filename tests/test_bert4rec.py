@@ -1,16 +1,17 @@
 import dataclasses
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxrec.config import ModelConfig
-from jaxrec.models import BERT4Rec, build_model
-from jaxrec.tasks.next_item import task as trainer
+from jaxrec import experiment
+from jaxrec.config import switch_model
+from jaxrec.models import BERT4Rec, BERT4RecConfig, build_model
 from tests.conftest import assert_close, rel_error, replace, weight_stds
 
-CFG = ModelConfig(name="bert4rec", max_len=12, hidden=8, num_blocks=2, num_heads=2, dropout=0.1, loss="ce")
+CFG = BERT4RecConfig(max_len=12, hidden=8, num_blocks=2, num_heads=2, dropout=0.1, loss="ce")
 NUM_ITEMS = 30
 
 
@@ -19,7 +20,7 @@ def _init(cfg=CFG):
     dummy = jnp.ones((1, cfg.max_len), jnp.int32)
     # jit: an eager init dispatches (and compiles) every op of the model one by one.
     params = jax.jit(lambda key: model.init({"params": key}, dummy, method=model.encode))(jax.random.key(0))
-    return model, params["params"]
+    return model, nn.unbox(params["params"])  # the plain arrays (init boxes tables with their logical axes)
 
 
 def test_bidirectional_output_depends_on_later_positions():
@@ -87,16 +88,16 @@ KV_VARIANT = dict(output_head=False, positions="from_start", attention_projectio
 def test_bert4rec_trains_end_to_end_on_synthetic_data(tiny_config, tmp_path, variant):
     model = dict(name="bert4rec", loss="ce_chunked", ce_chunk=64, num_heads=2, **variant)
     cfg = replace(tiny_config, model=model, train=dict(num_epochs=2))
-    metrics = trainer.run(cfg, tmp_path / "run")
+    metrics = experiment.run(cfg, tmp_path / "run")
     assert 0.0 < metrics["test/ndcg@10_full"] <= 1.0
     assert dataclasses.asdict(cfg.model)["name"] == "bert4rec"
 
 
 def test_bert4rec_asks_for_whole_sequences_and_sasrec_for_pairs():
-    from jaxrec.models import trains_on_whole_sequence
-
-    assert trains_on_whole_sequence(build_model(CFG, NUM_ITEMS))
-    assert not trains_on_whole_sequence(build_model(dataclasses.replace(CFG, name="sasrec"), NUM_ITEMS))
+    assert build_model(CFG, NUM_ITEMS).trains_on_whole_sequence
+    sasrec = build_model(switch_model(dataclasses.replace(CFG, mask_prob=0.2), "sasrec"), NUM_ITEMS)
+    assert not sasrec.trains_on_whole_sequence and sasrec.target_fraction(sasrec.config) is None
+    assert BERT4Rec.target_fraction(CFG) == CFG.mask_prob
 
 
 def test_without_output_head_states_score_straight_against_the_item_embedding():

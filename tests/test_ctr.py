@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 import train
-from jaxrec.config import Config, CTRConfig, DataConfig, EvalConfig, ModelConfig, TrainConfig
+from jaxrec import experiment
+from jaxrec.config import Config, CTRConfig, DataConfig, EvalConfig, TrainConfig, model_config
 from jaxrec.data.datasets import default_data_dir
 from jaxrec.ops import auc as ctr_metrics
 from jaxrec.tasks.ctr.data import build_ctr_data
-from jaxrec.tasks.next_item import task as trainer
 from tests.conftest import REPO
 
 SYNTHETIC = DataConfig(name="synthetic", synthetic_users=200, synthetic_items=80, synthetic_mean_length=15)
@@ -105,12 +105,12 @@ def test_ml1m_explicit_labels_are_ratings_of_four_or_more_with_users_dat_feature
 def test_tiny_training_run_beats_chance_and_writes_the_contract(tmp_path):
     cfg = Config(
         data=SYNTHETIC,
-        model=ModelConfig(name="wdl_seq", max_len=8, hidden=8, num_blocks=1, num_heads=1, dropout=0.0),
+        model=model_config("wdl_seq", max_len=8, hidden=8, num_blocks=1, num_heads=1, dropout=0.0),
         train=TrainConfig(num_epochs=2, batch_size=64, learning_rate=5e-3, adam_b2=0.999),
         eval=EvalConfig(every_epochs=1, batch_size=256, select_metric="valid/auc"),
         ctr=CTRConfig(labels="implicit", num_negatives=2, mlp=(16,), l2_reg=0.1, history_actions=True),
     )
-    final = trainer.run(cfg, tmp_path)
+    final = experiment.run(cfg, tmp_path)
     assert final["test/auc"] > 0.65 and final["valid/auc"] > 0.65  # popularity and genres carry signal
     assert 0.5 < final["test/gauc"] <= 1.0 and 0.0 < final["test/logloss"] < 0.69
     assert final["train/seconds"] > 0 and final["best_epoch"] in (1, 2)

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from jaxrec.engine.dispatch import MAX_IN_FLIGHT, DispatchWindow
-from jaxrec.tasks.ctr import task as ctr_trainer
+from jaxrec.tasks.ctr import task as ctr_task
 from tests.conftest import REPO, fit_on_fakes, replace
 
 
@@ -86,8 +86,8 @@ def test_training_loop_leaves_at_most_max_in_flight_steps_unfinished(tiny_config
 
 def test_leave_one_out_evaluation_leaves_at_most_max_in_flight_batches_unfinished(tiny_config):
     from jaxrec.data import load_dataset
-    from jaxrec.data.pipeline import parse_buckets
     from jaxrec.models import build_model
+    from jaxrec.tasks.next_item.batches import parse_buckets
     from jaxrec.tasks.next_item.evaluation import LeaveOneOutEvaluator, draw_eval_negatives
     from jaxrec.tasks.next_item.split import leave_one_out
 
@@ -115,8 +115,8 @@ def test_ctr_evaluation_leaves_at_most_max_in_flight_batches_unfinished():
         for _ in range(4 * MAX_IN_FLIGHT)
     ]
     count = iter(range(10**6))
-    state = SimpleNamespace(params=None, batch_stats=None)
-    metrics = ctr_trainer.evaluate(lambda p, s, b: PendingRanks(rng.normal(size=4), next(count)), state, batches, "v")
+    state = SimpleNamespace(params=None, model_state=None)
+    metrics = ctr_task.evaluate(lambda p, s, b: PendingRanks(rng.normal(size=4), next(count)), state, batches, "v")
     assert "v/auc" in metrics
     assert 1 <= Outputs.most_unfinished <= MAX_IN_FLIGHT + 1
 

@@ -11,21 +11,22 @@ import numpy as np
 import pytest
 
 from jaxrec.data import load_dataset
-from jaxrec.data.datasets import user_inputs
-from jaxrec.data.pipeline import parse_buckets
+from jaxrec.data.datasets import ML1M_USER_FEATURE_ROWS, user_inputs
 from jaxrec.engine import mesh as mesh_lib
-from jaxrec.engine.step import init_state, make_optimizer
-from jaxrec.models import build_model, uses_user_inputs
+from jaxrec.engine.state import make_optimizer
+from jaxrec.models import build_model
+from jaxrec.tasks.next_item.batches import parse_buckets
 from jaxrec.tasks.next_item.evaluation import LeaveOneOutEvaluator, draw_eval_negatives
 from jaxrec.tasks.next_item.split import leave_one_out
+from jaxrec.tasks.next_item.task import init_state
 from tests.conftest import replace
 
 
 def _evaluator(cfg, mesh):
     dataset = load_dataset(cfg.data)
     split = leave_one_out(dataset, cfg.data.validation_users, cfg.data.seed)
-    model = build_model(cfg.model, split.num_items, num_users=split.num_users)
-    users = user_inputs(dataset, cfg.data, cfg.model.user_features) if uses_user_inputs(model) else None
+    model = build_model(cfg.model, split.num_items, num_users=split.num_users, user_feature_rows=ML1M_USER_FEATURE_ROWS)
+    users = user_inputs(dataset, cfg.data, model.uses_user_features) if model.uses_user_inputs else None
     buckets = parse_buckets(cfg.train.length_buckets, cfg.model.max_len)
     evaluator = LeaveOneOutEvaluator(split, draw_eval_negatives(split, cfg), model, cfg, buckets, users, mesh)
     return evaluator, model
@@ -33,7 +34,7 @@ def _evaluator(cfg, mesh):
 
 def _params(cfg, model):
     """Initial parameters, each leaf shifted by its own noise so no two items (or rows) score alike by symmetry."""
-    params = init_state(model, make_optimizer(cfg), cfg).params
+    params = init_state(model, make_optimizer(cfg.train), cfg).params
     leaves, treedef = jax.tree.flatten(params)
     keys = jax.random.split(jax.random.key(7), len(leaves))
     noisy = [x + 0.1 * jax.random.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys)]
@@ -77,7 +78,8 @@ def test_sharded_evaluation_ranks_like_one_device(tiny_config, name, shape, fsdp
     reference, model = _evaluator(cfg, None)
     sharded, _ = _evaluator(cfg, mesh)
     params = _params(cfg, model)
-    placed = jax.device_put(params, mesh_lib.tree_shardings(params, mesh, fsdp))
+    shardings = jax.tree.map(lambda x: x.sharding, init_state(model, make_optimizer(cfg.train), cfg, mesh).params)
+    placed = jax.device_put(params, shardings)
     table = placed["item_embedding"]
     if shape[1] > 1:  # the test's premise: each device holds a part of the item table
         assert table.addressable_shards[0].data.shape[0] == table.shape[0] // (shape[1] * (2 if fsdp else 1))

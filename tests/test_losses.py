@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxrec.config import ModelConfig
+from jaxrec.config import model_config
 from jaxrec.ops.losses import (
     bce_sampled,
     compact_targets,
@@ -115,7 +115,7 @@ def test_gbce_per_position_negatives_match_a_written_out_reference():
 @pytest.mark.parametrize("mode", ["batch", "position"])
 def test_training_loss_draws_gbce_negatives_as_configured(mode):
     h, table, targets = _inputs(n=24)
-    cfg = ModelConfig(loss="gbce", num_negatives=5, gbce_t=0.5, gbce_negatives=mode)
+    cfg = model_config("sasrec", loss="gbce", num_negatives=5, gbce_t=0.5, gbce_negatives=mode)
     batch = {"positives_BxL": targets.reshape(2, 12)}
     key = jax.random.key(3)
     loss, _ = training_loss(cfg, NUM_ITEMS, h.reshape(2, 12, -1), table, batch, key)

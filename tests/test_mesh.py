@@ -6,18 +6,21 @@ conftest gives 8 host CPU devices. The full mesh x loss matrix is `slow` (compil
 
 import dataclasses
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from jaxrec.data.pipeline import TrainBatches
+from jaxrec import experiment
 from jaxrec.data.synthetic import generate
 from jaxrec.engine import mesh as mesh_lib
-from jaxrec.engine.step import init_state, make_optimizer, make_train_step
+from jaxrec.engine.compile import compile_steps
+from jaxrec.engine.state import make_optimizer
 from jaxrec.models import build_model
-from jaxrec.tasks.next_item.task import compile_train_steps
+from jaxrec.tasks.next_item.batches import TrainBatches
+from jaxrec.tasks.next_item.task import example_batches, init_state, init_variables, make_train_step
 from tests.conftest import assert_close, replace
 
 STEPS = 20
@@ -35,16 +38,15 @@ def _setup(cfg):
 
 
 def _trajectory(cfg, mesh, steps=STEPS):
-    """Losses of `steps` train steps on `mesh` (None: the plain single-device jit) and the final state."""
+    """Losses of `steps` train steps on `mesh` (None: one device) and the final state."""
     model, plan = _setup(cfg)
-    tx = make_optimizer(cfg)
+    mesh = mesh_lib.make_mesh(1, 1) if mesh is None else mesh
+    tx = make_optimizer(cfg.train)
     state = init_state(model, tx, cfg, mesh)
-    compiled, _ = compile_train_steps(make_train_step(model, tx, cfg, mesh), state, plan, mesh=mesh)
-    step = compiled[cfg.model.max_len]
+    step, _, _ = compile_steps(make_train_step(model, tx, cfg, mesh), state, example_batches(plan), mesh)
     losses = []
     for i in range(steps):
-        batch = plan(i)
-        state, metrics = step(state, batch if mesh is None else mesh_lib.put_batch(batch, mesh))
+        state, metrics = step(state, plan(i))
         losses.append(float(metrics["loss"]))
     return np.array(losses), state
 
@@ -57,7 +59,7 @@ def mesh_config(tiny_config):
 def test_parameter_and_optimizer_specs_follow_the_rules(mesh_config):
     mesh = mesh_lib.make_mesh(4, 2)
     model, _ = _setup(mesh_config)
-    state = init_state(model, make_optimizer(mesh_config), mesh_config, mesh)
+    state = init_state(model, make_optimizer(mesh_config.train), mesh_config, mesh)
     assert state.params["item_embedding"].sharding.spec == P("model", None)
     assert state.opt_state[0].mu["item_embedding"].sharding.spec == P("model", None)
     assert state.opt_state[0].nu["item_embedding"].sharding.spec == P("model", None)
@@ -69,18 +71,20 @@ def test_parameter_and_optimizer_specs_follow_the_rules(mesh_config):
     assert {s.data.shape for s in table.addressable_shards} == {(table.shape[0] // 2, table.shape[1])}
     # FSDP-style: rows over model and data together.
     fsdp = replace(mesh_config, mesh=dict(fsdp=True))
-    state = init_state(model, make_optimizer(fsdp), fsdp, mesh)
+    state = init_state(model, make_optimizer(fsdp.train), fsdp, mesh)
     assert state.params["item_embedding"].sharding.spec == P(("model", "data"), None)
     assert {s.data.shape[0] for s in state.params["item_embedding"].addressable_shards} == {table.shape[0] // 8}
 
 
 def test_every_parameter_has_a_rule_or_is_replicated_on_purpose(mesh_config):
-    """Logical axes come from the one path table; item tables of every model are split over `model`."""
+    """Each model names its item tables' logical axes; they (and only they) are split over `model`."""
     for name in ("sasrec", "bert4rec", "gru4rec", "mf", "youtube_dnn"):
         cfg = replace(mesh_config, model=dict(name=name, loss="ce" if name == "bert4rec" else "bce"))
         model = build_model(cfg.model, 300, num_users=200)
-        shapes = jax.eval_shape(lambda model=model, cfg=cfg: init_state(model, make_optimizer(cfg), cfg).params)
-        specs = jax.tree.map(lambda s: s.spec, mesh_lib.tree_shardings(shapes, mesh_lib.make_mesh(4, 2)))
+        boxed = jax.eval_shape(init_variables(model, cfg.model.max_len), jax.random.key(0))["params"]
+        axes = nn.get_partition_spec(boxed)
+        shardings = mesh_lib.params_shardings(nn.meta.unbox(boxed), axes, mesh_lib.make_mesh(4, 2))
+        specs = jax.tree.map(lambda s: s.spec, shardings)
         assert specs["item_embedding"] == P("model", None), name
         flat = jax.tree_util.tree_leaves_with_path(specs, is_leaf=lambda x: isinstance(x, P))
         sharded = {mesh_lib.path_string(path) for path, spec in flat if any(axis is not None for axis in spec)}
@@ -89,7 +93,7 @@ def test_every_parameter_has_a_rule_or_is_replicated_on_purpose(mesh_config):
 
 def test_indivisible_item_axis_is_a_clear_error():
     with pytest.raises(ValueError, match="does not divide into 3 shards"):
-        mesh_lib.partition_spec("item_embedding", (256, 8), mesh_lib.make_mesh(2, 3, jax.devices()[:6]))
+        mesh_lib.mesh_spec(("item", "embed"), "item_embedding", (256, 8), mesh_lib.make_mesh(2, 3, jax.devices()[:6]))
 
 
 def test_make_mesh_sizes_and_errors(monkeypatch):
@@ -107,11 +111,11 @@ def test_make_mesh_sizes_and_errors(monkeypatch):
 def test_sharded_step_donates_the_state(mesh_config):
     mesh = mesh_lib.make_mesh(4, 2)
     model, plan = _setup(mesh_config)
-    tx = make_optimizer(mesh_config)
+    tx = make_optimizer(mesh_config.train)
     state = init_state(model, tx, mesh_config, mesh)
-    compiled, _ = compile_train_steps(make_train_step(model, tx, mesh_config), state, plan, mesh=mesh)
+    step, _, _ = compile_steps(make_train_step(model, tx, mesh_config, mesh), state, example_batches(plan), mesh)
     old_table = state.params["item_embedding"]
-    new_state, _ = compiled[mesh_config.model.max_len](state, mesh_lib.put_batch(plan(0), mesh))
+    new_state, _ = step(state, plan(0))
     assert old_table.is_deleted()
     assert new_state.params["item_embedding"].sharding.spec == P("model", None)
     assert int(new_state.step) == 1
@@ -168,7 +172,7 @@ def test_bert4rec_scores_only_masked_positions_with_the_same_trajectory(mesh_con
 def test_memory_report_counts_shards(mesh_config):
     mesh = mesh_lib.make_mesh(4, 2)
     model, _ = _setup(mesh_config)
-    state = init_state(model, make_optimizer(mesh_config), mesh_config, mesh)
+    state = init_state(model, make_optimizer(mesh_config.train), mesh_config, mesh)
     report = mesh_lib.memory_report(state)
     table_bytes = state.params["item_embedding"].nbytes
     others = report["params_bytes_total"] - table_bytes
@@ -203,7 +207,7 @@ def _epoch_losses(workdir):
 @pytest.mark.parametrize("kind", ["pinnerformer", "din"])
 def test_retrieval_and_ctr_trainers_train_the_same_on_a_mesh(tmp_path, kind):
     """The two-tower and CTR trainers on a (data 2, model 2) mesh: the single-device losses and metrics."""
-    from jaxrec.tasks.next_item import task as trainer
+    from jaxrec import experiment
     from tests.test_ctr import SYNTHETIC
     from tests.test_retrieval import _config
 
@@ -218,8 +222,8 @@ def test_retrieval_and_ctr_trainers_train_the_same_on_a_mesh(tmp_path, kind):
             eval=dict(every_epochs=1, batch_size=256, select_metric="valid/auc"),
             ctr=dict(labels="implicit", num_negatives=2, mlp=(16,), attention_mlp=(8,), l2_reg=0.1),
         )
-    one = trainer.run(replace(cfg, mesh=dict(data=1, model=1)), tmp_path / "one")
-    sharded = trainer.run(replace(cfg, mesh=dict(data=2, model=2)), tmp_path / "mesh")
+    one = experiment.run(replace(cfg, mesh=dict(data=1, model=1)), tmp_path / "one")
+    sharded = experiment.run(replace(cfg, mesh=dict(data=2, model=2)), tmp_path / "mesh")
     np.testing.assert_allclose(_epoch_losses(tmp_path / "mesh"), _epoch_losses(tmp_path / "one"), rtol=1e-4)
     for key, value in one.items():
         if key.startswith("test/"):
@@ -244,8 +248,9 @@ def test_cpu_device_count_divides_the_batch_sizes(tiny_config, monkeypatch):
     assert mesh_lib.cpu_device_count(cfg) == 4  # 6 cores, but 6 does not divide 128
     assert mesh_lib.cpu_device_count(replace(cfg, train=dict(batch_size=15, micro_batch=0))) == 1
     assert mesh_lib.cpu_device_count(replace(cfg, mesh=dict(cpu_devices=3))) == 3  # as asked
-    assert mesh_lib.cpu_device_count(replace(cfg, model=dict(name="din"))) == 1  # the CTR rankers: one
-    assert mesh_lib.cpu_device_count(replace(cfg, model=dict(name="din"), mesh=dict(cpu_devices=2))) == 2
+    assert mesh_lib.cpu_device_count(cfg, one_device=True) == 1  # a task that asks for one (CTR)
+    assert mesh_lib.cpu_device_count(replace(cfg, mesh=dict(cpu_devices=2)), one_device=True) == 2  # as asked
+    assert experiment.task_of(replace(cfg, model=dict(name="din"))).one_cpu_device
     monkeypatch.setattr(mesh_lib.os, "sched_getaffinity", lambda pid: set(range(64)))
     assert mesh_lib.cpu_device_count(cfg) == 8  # capped
 

@@ -1,12 +1,13 @@
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxrec.config import ModelConfig
-from jaxrec.engine.step import make_eval_step
+from jaxrec.config import model_config
 from jaxrec.models import build_model
 from jaxrec.ops.ranking import means, merge, metric_sums, rank_of_target
+from jaxrec.tasks.next_item.evaluation import make_eval_step
 
 
 def _brute_rank(target_score, others):
@@ -39,10 +40,11 @@ def test_metric_sums_against_brute_force():
 
 
 def test_eval_step_ranks_match_numpy_brute_force_with_ties():
-    cfg = ModelConfig(max_len=8, hidden=4, num_blocks=1, num_heads=1, dropout=0.0)
+    cfg = model_config("sasrec", max_len=8, hidden=4, num_blocks=1, num_heads=1, dropout=0.0)
     num_items, batch = 30, 6
     model = build_model(cfg, num_items)
-    params = model.init({"params": jax.random.key(0)}, jnp.ones((1, 8), jnp.int32), method=model.encode)["params"]
+    variables = model.init({"params": jax.random.key(0)}, jnp.ones((1, 8), jnp.int32), method=model.encode)
+    params = nn.unbox(variables)["params"]  # the plain arrays (init boxes the tables with their logical axes)
     # Duplicate rows of the item table to force exact score ties with the target.
     table = params["item_embedding"]
     table = table.at[7].set(table[3]).at[8].set(table[3])

@@ -2,22 +2,21 @@
 
 import dataclasses
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxrec.config import ModelConfig
 from jaxrec.data.events import history_batch, synthetic_events
-from jaxrec.models import build_model
+from jaxrec.models import PinnerFormerConfig, build_model
 from jaxrec.models.pinnerformer import EVENT_FEATURES
 from jaxrec.tasks.retrieval.temporal import TemporalEvalConfig, evaluate, temporal_split, user_embedder
 from tests.conftest import assert_close, rel_error
 
 L = 12
 DS = synthetic_events(num_users=30, num_items=60, mean_length=20, seed=0)
-CFG = ModelConfig(
-    name="pinnerformer",
+CFG = PinnerFormerConfig(
     max_len=L,
     hidden=16,
     num_blocks=2,
@@ -39,7 +38,7 @@ def _batch(users=(0, 1, 2), lengths=None):
 def _init(cfg=CFG, batch=None):
     model = build_model(cfg, DS.num_items)
     params = model.init({"params": jax.random.key(0)}, _batch() if batch is None else batch)["params"]
-    return model, params
+    return model, nn.unbox(params)  # the plain arrays (init boxes the tables with their logical axes)
 
 
 def _probe(h_D):
@@ -150,7 +149,7 @@ def test_mlp_item_tower_uses_item_features():
     cfg = dataclasses.replace(CFG, item_tower="mlp")
     features = jnp.asarray(DS.item_categories, jnp.float32)
     model = build_model(cfg, DS.num_items)
-    params = model.init({"params": jax.random.key(0)}, _batch(), None, features)["params"]
+    params = nn.unbox(model.init({"params": jax.random.key(0)}, _batch(), None, features)["params"])
     assert params["item_mlp_in"]["kernel"].shape == (CFG.hidden + features.shape[1], CFG.hidden)
     ids = jnp.arange(DS.num_items + 1)
     items = model.apply({"params": params}, ids, features, method=model.encode_items)

@@ -1,7 +1,9 @@
 import numpy as np
 import pytest
 
-from jaxrec.data.pipeline import TrainBatches, eval_batches, left_pad, parse_buckets, train_iterator
+from jaxrec.data.negatives import left_pad
+from jaxrec.engine.feed import train_iterator
+from jaxrec.tasks.next_item.batches import TrainBatches, eval_batches, parse_buckets
 
 
 def _seqs(num_users=50, num_items=40, seed=0):
@@ -83,7 +85,7 @@ def test_eval_batches_cover_every_user_with_a_target_once():
 
 def test_a_process_builds_exactly_its_rows_of_the_global_batch():
     """Multi-host data parallelism: each process's rows equal the same rows of the one-process batch."""
-    from jaxrec.data.pipeline import ProcessRows
+    from jaxrec.engine.feed import ProcessRows
 
     plan = TrainBatches(_seqs(), 40, max_len=16, batch_size=8, buckets=(8, 16), seed=0)
     for step in range(3):

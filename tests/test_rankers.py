@@ -8,11 +8,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxrec.config import Config, CTRConfig, ModelConfig
-from jaxrec.engine.step import make_optimizer
+from jaxrec.config import Config, CTRConfig
+from jaxrec.engine import state as state_lib
+from jaxrec.engine.state import make_optimizer
 from jaxrec.models import MODELS
-from jaxrec.models.rankers import build_ranker, time_buckets
-from jaxrec.tasks.ctr.loss import init_state, make_predict, minibatch_l2, model_inputs, present_rows, regularizer
+from jaxrec.models.rankers import RankerConfig, build_ranker, time_buckets
+from jaxrec.tasks.ctr.loss import init_variables, make_predict, minibatch_l2, model_inputs, present_rows, regularizer
 from tests.conftest import assert_close
 
 ITEMS, GENRES, USER_VOCAB, B, L = 30, 5, 12, 4, 6
@@ -20,7 +21,7 @@ ACTIONS = 6  # action_vocab: ids 1..5 (ratings) and padding 0
 
 
 def _config(name: str, **ctr) -> Config:
-    model = ModelConfig(name=name, max_len=L, hidden=8, num_blocks=1, num_heads=2, dropout=0.0)
+    model = RankerConfig(name=name, max_len=L, hidden=8, num_blocks=1, num_heads=2, dropout=0.0)
     ctr_cfg = CTRConfig(mlp=(16, 8), attention_mlp=(8,), activation=ctr.pop("activation", "relu"), **ctr)
     return Config(model=model, ctr=ctr_cfg)
 
@@ -51,28 +52,33 @@ def _batch(seed: int = 0) -> dict[str, np.ndarray]:
     }
 
 
+def init_state(model, tx, cfg, batch, categories):
+    """The engine's initial state of a ranker (one device)."""
+    return state_lib.init_state(init_variables(model, batch, categories), tx, cfg.train.seed)
+
+
 @functools.cache  # one init per model for the whole file: compiles dominate these tests on CPU
 def _setup(name: str):
     cfg = _config(name, activation="dice" if name == "din" else "relu")
     model = build_ranker(cfg, ITEMS, GENRES, USER_VOCAB)
-    state = init_state(model, make_optimizer(cfg), cfg, _batch(), _categories())
+    state = init_state(model, make_optimizer(cfg.train), cfg, _batch(), _categories())
     return cfg, model, state
 
 
 def _apply(model, state, batch):
     """Inference-mode (logits, aux), jitted: op-by-op dispatch of a Linen model is slow on a busy CPU."""
     fn = jax.jit(lambda variables, inputs: model.apply(variables, inputs))
-    return fn({"params": state.params, "batch_stats": state.batch_stats}, model_inputs(batch, _categories()))
+    return fn({"params": state.params, **state.model_state}, model_inputs(batch, _categories()))
 
 
 @pytest.mark.parametrize("name", ["wdl", "wdl_seq", "din", "bst"])
 def test_shapes_and_finiteness_with_and_without_jit(name):
     _, model, state = _setup(name)
     assert name in MODELS
-    logits = jax.jit(make_predict(model, _categories()))(state.params, state.batch_stats, _batch())
+    logits = jax.jit(make_predict(model, _categories()))(state.params, state.model_state, _batch())
     assert logits.shape == (B,) and logits.dtype == jnp.float32 and np.isfinite(logits).all()
     if name == "wdl":  # eager once (op by op is slow on CPU): the same numbers as under jit
-        eager = make_predict(model, _categories())(state.params, state.batch_stats, _batch())
+        eager = make_predict(model, _categories())(state.params, state.model_state, _batch())
         assert_close(eager, logits, rtol=1e-5)  # fused and unfused float32 sums of <= ~50 terms: N eps ~ 6e-6
     if name not in ("wdl", "din"):
         return
@@ -102,7 +108,7 @@ def test_din_attention_is_unnormalised_and_depends_on_the_candidate():
 
 def test_dice_uses_batch_statistics_in_training_and_moving_averages_at_inference():
     _, model, state = _setup("din")
-    stats = state.batch_stats
+    stats = state.model_state["batch_stats"]
     assert jax.tree.leaves(stats), "Dice keeps moving averages in batch_stats"
     variables = {"params": state.params, "batch_stats": stats}
     train_apply = jax.jit(lambda v, x: model.apply(v, x, deterministic=False, mutable=["batch_stats"]))
@@ -140,7 +146,7 @@ def test_history_actions_change_the_output_only_when_enabled(name):
     )
     cfg = _config(name, history_actions=True)
     model = build_ranker(cfg, ITEMS, GENRES, USER_VOCAB, ACTIONS)
-    state = init_state(model, make_optimizer(cfg), cfg, batch, _categories())
+    state = init_state(model, make_optimizer(cfg.train), cfg, batch, _categories())
     assert state.params["embed"]["action"].shape == (ACTIONS + 1, cfg.model.hidden)  # + the candidate's row
     base, moved = (np.asarray(_apply(model, state, b)[0]) for b in (batch, flipped))
     assert np.all(np.abs(moved - base)[has_history] > 1e-6)
@@ -198,7 +204,7 @@ def test_wide_option_adds_wdls_wide_part(name):
     """ctr.wide gives DIN and BST WDL's wide parameters, and the item bias moves the logit one for one."""
     cfg = _config(name, wide=True)
     model = build_ranker(cfg, ITEMS, GENRES, USER_VOCAB)
-    state = init_state(model, make_optimizer(cfg), cfg, _batch(), _categories())
+    state = init_state(model, make_optimizer(cfg.train), cfg, _batch(), _categories())
     assert {"wide_item", "wide_genre", "wide_user", "wide_cross"} <= set(state.params)
     base, _ = _apply(model, state, _batch())
     candidate = _batch()["candidate_B"][0]
@@ -217,7 +223,7 @@ def _perturbed(state, seed: int = 0):
     def shift(x):
         return np.asarray(x, np.float64) + 0.2 * np.asarray(jax.random.normal(next(keys), x.shape))
 
-    params, stats = jax.tree.map(shift, state.params), jax.tree.map(shift, state.batch_stats)
+    params, stats = jax.tree.map(shift, state.params), jax.tree.map(shift, state.model_state["batch_stats"])
     stats = jax.tree_util.tree_map_with_path(lambda p, x: np.abs(x) if p[-1].key == "var" else x, stats)
     return params, stats
 

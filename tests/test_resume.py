@@ -19,10 +19,11 @@ import orbax.checkpoint as ocp
 import pytest
 
 import train
-from jaxrec.config import Config, CTRConfig, EvalConfig, ModelConfig, TrainConfig
+from jaxrec import experiment
+from jaxrec.config import Config, CTRConfig, EvalConfig, TrainConfig, model_config
 from jaxrec.data import load_dataset
-from jaxrec.data.pipeline import TrainBatches, parse_buckets
-from jaxrec.tasks.next_item import task as trainer
+from jaxrec.engine import train as engine_train
+from jaxrec.tasks.next_item.batches import TrainBatches, parse_buckets
 from jaxrec.tasks.next_item.split import leave_one_out
 from tests.conftest import REPO, replace
 from tests.test_ctr import SYNTHETIC
@@ -49,11 +50,11 @@ def _log(workdir: Path) -> list[dict]:
 
 def _assert_resume_matches(cfg: Config, tmp_path: Path, interrupt_after: int) -> dict:
     """Runs `cfg` straight through, and interrupted after epoch `interrupt_after` then resumed; both end equal."""
-    straight = trainer.run(cfg, tmp_path / "straight")
+    straight = experiment.run(cfg, tmp_path / "straight")
     with pytest.raises(KeyboardInterrupt):
-        trainer.run(cfg, tmp_path / "resumed", interrupt_after_epoch=interrupt_after)
+        experiment.run(cfg, tmp_path / "resumed", interrupt_after_epoch=interrupt_after)
     assert not (tmp_path / "resumed" / "metrics.json").exists()
-    resumed = trainer.run(cfg, tmp_path / "resumed", resume=True)
+    resumed = experiment.run(cfg, tmp_path / "resumed", resume=True)
     assert _without_seconds(resumed) == _without_seconds(straight)
     assert _log(tmp_path / "resumed") == _log(tmp_path / "straight")
     for which in ("latest", "best"):
@@ -97,7 +98,7 @@ def test_production_settings_are_what_this_file_resumes(tiny_config):
 def best_at_epoch_2(monkeypatch):
     """Validation's selection metric scripted by epoch (2: 0.6, 3: 0.4): the best checkpoint is epoch 2's,
     not the last, so a resumed run must carry the record's best value and its best checkpoint over."""
-    real_fit = trainer.fit
+    real_fit = engine_train.fit
 
     def fit(*args, **kwargs):
         bound = inspect.signature(real_fit).bind(*args, **kwargs)
@@ -112,7 +113,7 @@ def best_at_epoch_2(monkeypatch):
         bound.arguments["evaluate"] = scripted
         return real_fit(*bound.args, **bound.kwargs)
 
-    monkeypatch.setattr(trainer, "fit", fit)
+    monkeypatch.setattr(engine_train, "fit", fit)
 
 
 # One device: interrupted after epoch 1, before any validation (no best checkpoint yet, the record
@@ -145,7 +146,7 @@ def _ctr_config(name: str) -> Config:
     }[name]
     return Config(
         data=SYNTHETIC,
-        model=ModelConfig(name=name, max_len=8, hidden=8, num_blocks=1, num_heads=1, dropout=0.2),
+        model=model_config(name, max_len=8, hidden=8, num_blocks=1, num_heads=1, dropout=0.2),
         train=TrainConfig(num_epochs=3, batch_size=64, learning_rate=5e-3),
         eval=EvalConfig(every_epochs=2, batch_size=256, select_metric="valid/auc"),
         ctr=ctr,

@@ -5,10 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from jaxrec.config import Config, DataConfig, EvalConfig, ModelConfig, RetrievalConfig, TrainConfig
+from jaxrec import experiment
+from jaxrec.config import Config, DataConfig, EvalConfig, RetrievalConfig, TrainConfig, model_config
 from jaxrec.data.events import load_events, synthetic_events
-from jaxrec.tasks.next_item import task as trainer
-from jaxrec.tasks.retrieval import task as retrieval_trainer
+from jaxrec.tasks.retrieval import task as retrieval_task
 from jaxrec.tasks.retrieval import temporal
 from jaxrec.tasks.retrieval.batches import RetrievalBatches
 from tests.conftest import replace
@@ -60,8 +60,8 @@ def test_batches_are_a_function_of_the_step(events):
 def _config(**retrieval) -> Config:
     return Config(
         data=DataConfig(name="synthetic", synthetic_users=300, synthetic_items=150, synthetic_mean_length=30),
-        model=ModelConfig(
-            name="pinnerformer",
+        model=model_config(
+            "pinnerformer",
             max_len=16,
             hidden=16,
             num_blocks=1,
@@ -97,7 +97,7 @@ def test_training_beats_popularity_and_reports_the_temporal_metrics(tmp_path):
         train=dict(num_epochs=12, batch_size=16),
         eval=dict(every_epochs=4),
     )
-    metrics = trainer.run(cfg, tmp_path / "run")
+    metrics = experiment.run(cfg, tmp_path / "run")
     popularity = _popularity_metrics(cfg)
     assert metrics["test/points"] == popularity["points"]
     assert metrics["test/recall@10"] > popularity["recall@10"] + 0.15, (metrics, popularity)
@@ -105,9 +105,9 @@ def test_training_beats_popularity_and_reports_the_temporal_metrics(tmp_path):
     lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [line["epoch"] for line in lines] == [4, 8, 12] and all("valid/recall@10" in line for line in lines)
     # The best checkpoint, evaluated again: the same figures "once", more points "realtime".
-    again = retrieval_trainer.evaluate_checkpoint(tmp_path / "run")
+    again = retrieval_task.evaluate_checkpoint(tmp_path / "run")
     assert again["test/recall@10"] == pytest.approx(metrics["test/recall@10"], rel=1e-6)  # float64 sums
-    realtime = retrieval_trainer.evaluate_checkpoint(tmp_path / "run", ["retrieval.eval_mode=realtime"])
+    realtime = retrieval_task.evaluate_checkpoint(tmp_path / "run", ["retrieval.eval_mode=realtime"])
     assert realtime["test/points"] > metrics["test/points"] and 0.0 < realtime["test/recall@10"] <= 1.0
 
 
@@ -115,10 +115,10 @@ def test_training_beats_popularity_and_reports_the_temporal_metrics(tmp_path):
 def test_interrupted_retrieval_run_resumes_to_the_same_result(tmp_path):
     # The streaming estimator's state is in the checkpoint: a resumed run sees the same Q.
     cfg = replace(_config(frequency="youtube"), train=dict(num_epochs=2))
-    straight = trainer.run(cfg, tmp_path / "straight")
+    straight = experiment.run(cfg, tmp_path / "straight")
     with pytest.raises(KeyboardInterrupt):
-        trainer.run(cfg, tmp_path / "resumed", interrupt_after_epoch=1)
-    resumed = trainer.run(cfg, tmp_path / "resumed", resume=True)
+        experiment.run(cfg, tmp_path / "resumed", interrupt_after_epoch=1)
+    resumed = experiment.run(cfg, tmp_path / "resumed", resume=True)
     for key in straight:
         if "seconds" not in key:
             assert resumed[key] == straight[key], key
@@ -135,7 +135,7 @@ def test_every_sampler_and_objective_trains(tmp_path, negatives):
         _config(negatives=negatives, objective=objective, frequency="exact", logq=negatives != "uniform"),
         train=dict(num_epochs=2),
     )
-    metrics = trainer.run(cfg, tmp_path / negatives)
+    metrics = experiment.run(cfg, tmp_path / negatives)
     assert np.isfinite(metrics["test/recall@10"]) and metrics["test/points"] > 0
     # It learns: the second epoch's mean loss is well below the first's (about 0.7 of it for each sampler).
     lines = [json.loads(line) for line in (tmp_path / negatives / "metrics.jsonl").read_text().splitlines()]

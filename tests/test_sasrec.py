@@ -1,22 +1,24 @@
 import dataclasses
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxrec.config import ModelConfig
-from jaxrec.models import build_model, vocab_rows
+from jaxrec.config import switch_model
+from jaxrec.layers.embeddings import position_rows, vocab_rows
+from jaxrec.models import SASRecConfig, build_model
 from tests.conftest import assert_close, rel_error, weight_stds
 
-CFG = ModelConfig(max_len=16, hidden=8, num_blocks=2, num_heads=2, dropout=0.2)
+CFG = SASRecConfig(max_len=16, hidden=8, num_blocks=2, num_heads=2, dropout=0.2)
 NUM_ITEMS = 40
 
 
 def _init(cfg=CFG):
     model = build_model(cfg, NUM_ITEMS)
     params = model.init({"params": jax.random.key(0)}, jnp.ones((1, cfg.max_len), jnp.int32), method=model.encode)
-    return model, params["params"]
+    return model, nn.unbox(params["params"])  # the plain arrays (init boxes tables with their logical axes)
 
 
 def _histories(length, seed=0):
@@ -95,9 +97,7 @@ def test_shorter_bucket_computes_the_same_as_full_length():
 @pytest.mark.parametrize("name", ["sasrec", "bert4rec"])
 @pytest.mark.parametrize("positions", ["from_end", "from_start"])
 def test_positions_use_the_rows_of_their_mode_whatever_the_padding(name, positions):
-    from jaxrec.models.sasrec import position_rows
-
-    cfg = dataclasses.replace(CFG, name=name, positions=positions)
+    cfg = dataclasses.replace(switch_model(CFG, name), positions=positions)
     model, params = _init(cfg)
     n = 5  # a history shorter than max_len, left padded to two bucket lengths
     items = jnp.asarray(np.random.default_rng(3).integers(1, NUM_ITEMS + 1, size=(1, n)), jnp.int32)

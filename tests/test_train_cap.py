@@ -5,8 +5,9 @@ import inspect
 import json
 import types
 
+from jaxrec import experiment
 from jaxrec.engine import loop
-from jaxrec.tasks.next_item import task as trainer
+from jaxrec.engine import train as engine_train
 from tests.conftest import replace
 
 
@@ -17,7 +18,7 @@ def _without_seconds(metrics: dict) -> dict:
 def test_tiny_cap_stops_after_the_first_epoch_and_validates_it(tiny_config, tmp_path):
     # every_epochs 5: epoch 1 validates only because the cap ends training there.
     cfg = replace(tiny_config, train=dict(num_epochs=3, max_train_seconds=1e-9), eval=dict(every_epochs=5))
-    final = trainer.run(cfg, tmp_path)
+    final = experiment.run(cfg, tmp_path)
     assert (final["epochs"], final["ended_by"], final["best_epoch"]) == (1, "cap", 1)
     written = json.loads((tmp_path / "metrics.json").read_text())
     assert written["ended_by"] == "cap" and written["epochs"] == 1
@@ -28,7 +29,7 @@ def test_tiny_cap_stops_after_the_first_epoch_and_validates_it(tiny_config, tmp_
     assert valid and valid == {k: v for k, v in final.items() if k.startswith("valid/")}
     assert all(k in final for k in ("test/ndcg@10_full", "test/hr@10_sampled"))
     # No cap (0, the default) trains every epoch.
-    uncapped = trainer.run(replace(cfg, train=dict(max_train_seconds=0.0)), tmp_path / "uncapped")
+    uncapped = experiment.run(replace(cfg, train=dict(max_train_seconds=0.0)), tmp_path / "uncapped")
     assert (uncapped["epochs"], uncapped["ended_by"]) == (3, "epochs")
 
 
@@ -38,7 +39,7 @@ def test_cap_reached_later_tests_the_best_checkpoint_not_the_last(tiny_config, t
     clock = [0.0]
     monkeypatch.setattr(loop, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
     test_by_epoch, epoch_seconds = {}, []
-    real_fit = trainer.fit
+    real_fit = engine_train.fit
 
     def fit(*args, **kwargs):
         bound = inspect.signature(real_fit).bind(*args, **kwargs)
@@ -63,9 +64,9 @@ def test_cap_reached_later_tests_the_best_checkpoint_not_the_last(tiny_config, t
         epoch_seconds.append(float(steps_per_epoch))
         return real_fit(*bound.args, **bound.kwargs)
 
-    monkeypatch.setattr(trainer, "fit", fit)
+    monkeypatch.setattr(engine_train, "fit", fit)
     cfg = replace(tiny_config, train=dict(num_epochs=5), eval=dict(every_epochs=1))
-    final = trainer.run(cfg, tmp_path)
+    final = experiment.run(cfg, tmp_path)
     assert (final["epochs"], final["ended_by"], final["best_epoch"]) == (3, "cap", 2)
     assert final["train/seconds"] == 3 * epoch_seconds[0]
     assert [json.loads(line)["epoch"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]

@@ -3,8 +3,9 @@ import numpy as np
 import optax
 import pytest
 
-from jaxrec.engine.step import init_state, make_optimizer, make_train_step
+from jaxrec.engine.state import make_optimizer
 from jaxrec.models import build_model
+from jaxrec.tasks.next_item.task import init_state, make_train_step
 from tests.conftest import assert_close, replace
 
 
@@ -46,7 +47,7 @@ def test_micro_batched_step_equals_whole_batch_step(tiny_config):
 
 def test_state_is_donated_and_step_counts(tiny_config):
     model = build_model(tiny_config.model, 120)
-    tx = make_optimizer(tiny_config)
+    tx = make_optimizer(tiny_config.train)
     state = init_state(model, tx, tiny_config)
     step = jax.jit(make_train_step(model, tx, tiny_config), donate_argnums=0)
     old_table = state.params["item_embedding"]

@@ -3,8 +3,8 @@ import json
 import numpy as np
 import pytest
 
+from jaxrec import experiment
 from jaxrec.data import load_dataset
-from jaxrec.tasks.next_item import task as trainer
 from jaxrec.tasks.next_item.baselines import popularity_metrics
 from jaxrec.tasks.next_item.split import leave_one_out, sample_eval_negatives
 from tests.conftest import replace
@@ -12,7 +12,7 @@ from tests.conftest import replace
 
 def test_short_run_beats_popularity(tiny_config, tmp_path):
     cfg = replace(tiny_config, train=dict(num_epochs=8), eval=dict(every_epochs=4))
-    metrics = trainer.run(cfg, tmp_path / "run")
+    metrics = experiment.run(cfg, tmp_path / "run")
     split = leave_one_out(load_dataset(cfg.data))
     baseline = popularity_metrics(
         split, sample_eval_negatives(split, cfg.eval.num_negatives, cfg.data.seed), cfg.eval.ks
@@ -25,11 +25,11 @@ def test_short_run_beats_popularity(tiny_config, tmp_path):
 
 def test_interrupted_run_resumes_to_the_same_result(tiny_config, tmp_path):
     cfg = replace(tiny_config, train=dict(num_epochs=3))
-    straight = trainer.run(cfg, tmp_path / "straight")
+    straight = experiment.run(cfg, tmp_path / "straight")
     with pytest.raises(KeyboardInterrupt):
-        trainer.run(cfg, tmp_path / "resumed", interrupt_after_epoch=2)
+        experiment.run(cfg, tmp_path / "resumed", interrupt_after_epoch=2)
     assert not (tmp_path / "resumed" / "metrics.json").exists()
-    resumed = trainer.run(cfg, tmp_path / "resumed", resume=True)
+    resumed = experiment.run(cfg, tmp_path / "resumed", resume=True)
     for key in straight:
         if "seconds" not in key:
             assert resumed[key] == straight[key], key
@@ -41,9 +41,9 @@ def test_interrupted_run_resumes_to_the_same_result(tiny_config, tmp_path):
 
 def test_same_seed_same_metrics_other_seed_differs(tiny_config, tmp_path):
     cfg = replace(tiny_config, train=dict(num_epochs=1))
-    a = trainer.run(cfg, tmp_path / "a")
-    b = trainer.run(cfg, tmp_path / "b")
-    c = trainer.run(replace(cfg, train=dict(seed=7)), tmp_path / "c")
+    a = experiment.run(cfg, tmp_path / "a")
+    b = experiment.run(cfg, tmp_path / "b")
+    c = experiment.run(replace(cfg, train=dict(seed=7)), tmp_path / "c")
     assert a["test/ndcg@10_full"] == b["test/ndcg@10_full"]
     assert a["test/ndcg@10_full"] != c["test/ndcg@10_full"]
     assert np.isfinite(a["train/seconds"])
@@ -64,12 +64,12 @@ def test_patience_stops_after_epochs_without_a_better_validation_metric(tiny_con
 
     monkeypatch.setattr(LeaveOneOutEvaluator, "evaluate", evaluate)
     cfg = replace(tiny_config, train=dict(num_epochs=6, patience_epochs=3), eval=dict(every_epochs=1))
-    metrics = trainer.run(cfg, tmp_path / "run")
+    metrics = experiment.run(cfg, tmp_path / "run")
     # Epochs 3, 4 and 5 do not beat epoch 2: stop after epoch 5 of 6.
     assert metrics["epochs"] == 5 and metrics["best_epoch"] == 2 and metrics["ended_by"] == "patience"
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3, 4, 5]
-    unlimited = trainer.run(replace(cfg, train=dict(patience_epochs=0)), tmp_path / "all")
+    unlimited = experiment.run(replace(cfg, train=dict(patience_epochs=0)), tmp_path / "all")
     assert unlimited["epochs"] == 6 and unlimited["ended_by"] == "epochs"
 
 
@@ -86,7 +86,7 @@ def test_validation_sample_validates_on_its_users_and_tests_everyone(tiny_config
 
     monkeypatch.setattr(LeaveOneOutEvaluator, "__init__", init)
     cfg = replace(tiny_config, data=dict(validation_users=100), train=dict(num_epochs=1))
-    metrics = trainer.run(cfg, tmp_path / "run")
+    metrics = experiment.run(cfg, tmp_path / "run")
     assert np.isfinite(metrics["test/ndcg@10_full"]) and np.isfinite(metrics["valid/ndcg@10_full"])
     ((evaluator, split),) = evaluators
     sequences = load_dataset(cfg.data).sequences

@@ -200,6 +200,18 @@ def test_top_k_past_the_remaining_items_pads_with_minus_one(top_k_inputs):
         assert (ids[b, remaining:] == -1).all() and np.isneginf(scores[b, remaining:]).all()
 
 
+@pytest.mark.parametrize("shape", [None, (2, 4), (1, 8)])
+def test_top_k_breaks_ties_by_increasing_id(shape, top_k_inputs):
+    # Small integers: every dot product is exact, and with 3 values per coordinate the scores tie in large groups.
+    _, _, exclude = top_k_inputs
+    user = jax.random.randint(jax.random.key(7), (16, D), -1, 2).astype(jnp.float32)
+    table = jax.random.randint(jax.random.key(8), (V, D), -1, 2).astype(jnp.float32)
+    mesh = None if shape is None else make_mesh(shape)
+    fn = jax.jit(lambda u, t, e: retrieval.top_k_scores(u, t, 40, num_items=NUM_ITEMS, exclude_BxH=e, mesh=mesh))
+    _, ids = fn(user, table, exclude)
+    np.testing.assert_array_equal(ids, _top_k_reference(user, table, 40, np.asarray(exclude)))  # stable argsort
+
+
 @pytest.mark.parametrize("shape", [None, (2, 4)])
 def test_approx_top_k_path_returns_the_exact_top_k_off_tpu(shape):
     """The `approx=True` path (approx_max_k per shard, local ids mapped back to global ones) returns the exact

@@ -5,8 +5,10 @@ The only module that names physical mesh axes. Two axes:
   model  splits the item axis of item tables (vocabulary parallelism); hidden sizes are never split,
          since they are small here (50 with one head) and splitting them would only add collectives.
 
-Every parameter (and optimizer-state leaf, which shares its parameter's path) gets logical axis names
-from `PARAM_AXES`, a path-regex table as in big_vision; `logical_rules` maps logical names to mesh axes.
+Every parameter gets logical axis names from its model (`nn.with_logical_partitioning` where the model
+creates it: an item table says ("item", "embed")); each optimizer-state leaf (Adam's mu and nu) takes its
+parameter's, found by path. `logical_rules` is the one table from logical names to mesh axes (maxtext's
+`logical_axis_rules`); what no model names is replicated.
 The mesh uses Auto axis types (GSPMD propagation): `jax.make_mesh` in jax 0.10 defaults to Explicit axes
 (sharding in types), which would force every op of every model to say how its output is sharded; with
 Auto axes the models stay mesh-agnostic and only the state, the batch and the vocabulary-parallel losses
@@ -24,22 +26,11 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jaxrec.config import CTR_MODELS, ConfigError
+from jaxrec.config import ConfigError
 
 log = logging.getLogger("jaxrec")
 
 AXES = ("data", "model")
-
-# Logical axes of parameters by path (the keys joined by "/"), first match wins. Optimizer state leaves
-# (Adam's mu and nu) end with their parameter's path, so they follow the same rule. Unmatched: replicated.
-PARAM_AXES: tuple[tuple[str, tuple[str | None, ...]], ...] = (
-    (r"(^|/)(item_embedding|output_embedding|item|wide_item)$", ("item", "embed")),  # item tables, VxD (V,)
-    (r"(^|/)output_bias$", ("item",)),  # BERT4Rec's per-item output bias, V
-    (r"(^|/)position_embedding$", ("seq", "embed")),
-    (r"(^|/)user_embedding$", ("user", "embed")),
-    (r"/kernel$", ("embed", "mlp")),
-    (r"/(bias|scale)$", ("mlp",)),
-)
 
 
 def logical_rules(fsdp: bool = False) -> dict[str, tuple[str, ...] | None]:
@@ -54,20 +45,13 @@ def logical_rules(fsdp: bool = False) -> dict[str, tuple[str, ...] | None]:
     }
 
 
-# The CTR rankers keep one CPU device by default (mesh.cpu_devices = 0). The split exists for attention's
-# batched matmuls, which XLA:CPU runs on one core; the rankers are mostly MLP and embedding GEMMs, which
-# XLA:CPU already spreads over cores. (Their two-device runs once died in a rendezvous deadlock: that was the
-# host running 32 programs ahead, which `jaxrec.engine.dispatch` now prevents for every model.)
-ONE_CPU_DEVICE_MODELS = CTR_MODELS
-
-
-def cpu_device_count(cfg) -> int:
+def cpu_device_count(cfg, one_device: bool = False) -> int:
     """How many CPU devices `configure_cpu_devices` makes for `cfg`: `mesh.cpu_devices`, or with 0 the
-    host's cores (at most 8) reduced until it divides the batch sizes the data axis must split (one
-    for ONE_CPU_DEVICE_MODELS)."""
+    host's cores (at most 8) reduced until it divides the batch sizes the data axis must split; one when
+    `one_device` (a task that gains nothing from the split, see `Task.one_cpu_device`)."""
     if cfg.mesh.cpu_devices:
         return cfg.mesh.cpu_devices
-    if cfg.model.name in ONE_CPU_DEVICE_MODELS:
+    if one_device:
         return 1
     count = min(len(os.sched_getaffinity(0)), 8)
     sizes = [cfg.train.batch_size, cfg.eval.batch_size] + ([cfg.train.micro_batch] if cfg.train.micro_batch else [])
@@ -76,8 +60,8 @@ def cpu_device_count(cfg) -> int:
     return count
 
 
-def configure_cpu_devices(cfg) -> int | None:
-    """Splits the CPU backend into `cpu_device_count(cfg)` devices; call before JAX starts a backend.
+def configure_cpu_devices(cfg, one_device: bool = False) -> int | None:
+    """Splits the CPU backend into `cpu_device_count(cfg, one_device)` devices; call before JAX starts a backend.
 
     Why: XLA:CPU runs a batched matmul of attention's shape (B x 200 x 200 x 50) on one core, and most
     of a SASRec step is such matmuls, so one device leaves the other cores idle; one device per core,
@@ -88,7 +72,7 @@ def configure_cpu_devices(cfg) -> int | None:
     """
     if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
         return None
-    count = cpu_device_count(cfg)
+    count = cpu_device_count(cfg, one_device)
     try:
         jax.config.update("jax_num_cpu_devices", count)
     except RuntimeError:  # backends already initialised: keep the devices they have
@@ -128,19 +112,12 @@ def path_string(path) -> str:
     return "/".join(parts)
 
 
-def logical_axes(path: str, ndim: int) -> tuple[str | None, ...]:
-    """The logical axes `PARAM_AXES` gives a leaf of rank `ndim` at `path` (all None when no rule fits)."""
-    for pattern, axes in PARAM_AXES:
-        if re.search(pattern, path) and len(axes) == ndim:
-            return axes
-    return (None,) * ndim
-
-
-def partition_spec(path: str, shape: tuple[int, ...], mesh: Mesh, fsdp: bool = False) -> PartitionSpec:
-    """The leaf's PartitionSpec; raises when a sharded dimension does not divide by its mesh axes."""
+def mesh_spec(logical: tuple[str | None, ...], path: str, shape: tuple[int, ...], mesh: Mesh, fsdp: bool = False):
+    """The PartitionSpec of a leaf of `shape` whose dimensions have the `logical` names (`logical_rules`);
+    raises when a sharded dimension does not divide by its mesh axes."""
     rules = logical_rules(fsdp)
     spec = []
-    for dim, name in zip(shape, logical_axes(path, len(shape))):
+    for dim, name in zip(shape, logical):
         mesh_axes = rules.get(name) if name else None
         mesh_axes = tuple(a for a in (mesh_axes or ()) if mesh.shape[a] > 1)  # size-1 axes: nothing to split
         if not mesh_axes:
@@ -157,24 +134,50 @@ def partition_spec(path: str, shape: tuple[int, ...], mesh: Mesh, fsdp: bool = F
     return PartitionSpec(*spec)
 
 
-def tree_shardings(tree, mesh: Mesh, fsdp: bool = False):
-    """NamedSharding for every leaf of a (possibly abstract) pytree, by the path rules."""
+def param_axes_by_path(param_axes) -> dict[str, tuple[str | None, ...]]:
+    """'path/of/param' -> its logical axes, from a tree of logical PartitionSpecs (`nn.get_partition_spec`
+    of the model's variables; leaves the model did not name are skipped)."""
+    found = {}
+    leaves = jax.tree_util.tree_leaves_with_path(param_axes, is_leaf=lambda x: isinstance(x, PartitionSpec))
+    for path, spec in leaves:
+        if isinstance(spec, PartitionSpec) and len(spec):
+            found[path_string(path)] = tuple(spec)
+    return found
+
+
+def state_shardings(state, param_axes, mesh: Mesh, fsdp: bool = False):
+    """NamedSharding for every leaf of a (possibly abstract) train state.
+
+    A parameter takes its logical axes from `param_axes` (a tree of logical PartitionSpecs shaped like
+    `state.params`); an optimizer-state leaf takes those of the parameter its path ends with (Adam's
+    opt_state/0/mu/<param path>); everything else is replicated.
+    """
+    by_path = param_axes_by_path(param_axes)
 
     def leaf_sharding(path, leaf):
         shape = tuple(getattr(leaf, "shape", ()))
-        return NamedSharding(mesh, partition_spec(path_string(path), shape, mesh, fsdp))
+        name = path_string(path)
+        logical = next(
+            (
+                axes
+                for param, axes in sorted(by_path.items(), key=lambda item: -len(item[0]))
+                if (name == f"params/{param}" or name.endswith(f"/{param}")) and len(axes) == len(shape)
+            ),
+            (None,) * len(shape),
+        )
+        return NamedSharding(mesh, mesh_spec(logical, name, shape, mesh, fsdp))
 
-    return jax.tree_util.tree_map_with_path(leaf_sharding, tree)
+    return jax.tree_util.tree_map_with_path(leaf_sharding, state)
+
+
+def params_shardings(params, param_axes, mesh: Mesh, fsdp: bool = False):
+    """NamedSharding of every parameter (as `state_shardings` gives them, for a bare parameter tree)."""
+    return state_shardings({"params": params}, param_axes, mesh, fsdp)["params"]
 
 
 def batch_sharding(mesh: Mesh, ndim: int = 1) -> NamedSharding:
     """Batch arrays (of any rank >= 1): rows split over `data`, replicated over `model`."""
     return NamedSharding(mesh, PartitionSpec("data", *([None] * (ndim - 1))))
-
-
-def shard_state(state, mesh: Mesh, fsdp: bool = False):
-    """Places a state made on one device by the rules (for inits that cannot take out_shardings)."""
-    return jax.device_put(state, tree_shardings(state, mesh, fsdp))
 
 
 def jit_step(step_fn, state, mesh: Mesh):
@@ -187,14 +190,6 @@ def jit_step(step_fn, state, mesh: Mesh):
         out_shardings=(state_shardings, replicated(mesh)),
         donate_argnums=0,
     )
-
-
-def compile_step(step_fn, state, example_batch, mesh: Mesh, compiler_options=None):
-    """`jit_step` compiled ahead of time for batches shaped like `example_batch` (a host batch); returns
-    step(state, host_batch), which places this process's rows as one global batch first."""
-    compiled = jit_step(step_fn, state, mesh).lower(state, abstract_batch(example_batch, mesh))
-    compiled = compiled.compile(compiler_options=compiler_options)
-    return lambda state, batch: compiled(state, put_batch(batch, mesh))
 
 
 def check_batch_sizes(cfg, mesh: Mesh, single_process: str = "") -> None:
@@ -270,16 +265,6 @@ def memory_report(state, compiled=None) -> dict[str, float]:
         for field in ("temp_size_in_bytes", "argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes"):
             report[f"step_{field.replace('_size_in_bytes', '')}_bytes"] = float(getattr(analysis, field, 0))
     return report
-
-
-def largest_leaves(tree, top: int = 3) -> list[tuple[str, tuple[int, ...], int]]:
-    """The `top` largest arrays of a (possibly abstract) pytree: (path, shape, bytes), largest first."""
-    sized = [
-        (path_string(path), tuple(leaf.shape), int(np.prod(leaf.shape)) * np.dtype(leaf.dtype).itemsize)
-        for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
-        if hasattr(leaf, "shape")
-    ]
-    return sorted(sized, key=lambda item: -item[2])[:top]
 
 
 _HLO_ARRAY = re.compile(

@@ -103,7 +103,10 @@ def check_workdir(workdir: Path, cfg: config_lib.Config, resume: bool) -> dict[s
     try:
         old = config_lib.to_dict(config_lib.from_dict(old))  # fields added since take their defaults
     except (config_lib.ConfigError, TypeError) as err:
-        raise RunDirError(f"{config_path} is not a config of this version of jaxrec ({err})") from None
+        raise RunDirError(
+            f"{workdir} cannot be resumed by this version of jaxrec: its config.json does not read ({err}); "
+            "start a new --workdir (that folder's metrics stay as they are)"
+        ) from None
     changes = _differences(old, new)
     refused = [k for k in changes if not _allowed_on_resume(k)]
     listed = "; ".join(f"{k}: {changes[k][0]!r} -> {changes[k][1]!r}" for k in refused)

@@ -1,12 +1,20 @@
-"""Model registry: name -> Linen module class taking (config, num_items)."""
+"""Model registry: name -> Linen module class.
 
-from jaxrec.models.bert4rec import BERT4Rec
-from jaxrec.models.gru4rec import GRU4Rec
-from jaxrec.models.mf import MF
-from jaxrec.models.pinnerformer import PinnerFormer
-from jaxrec.models.rankers import BST, DIN, RANKERS, WDL, WDLSeq, build_ranker
-from jaxrec.models.sasrec import SASRec, vocab_rows
-from jaxrec.models.youtube_dnn import YoutubeDNN
+Each class carries its config dataclass (`config_class`, chosen by `model.name`) and its task (`task`:
+"next_item" | "retrieval" | "ctr"), and meets that task's protocol (`jaxrec.models.protocols`). Adding a
+model takes its module and its line in MODELS.
+"""
+
+from jaxrec.config import ConfigError
+from jaxrec.layers.embeddings import vocab_rows
+from jaxrec.models.bert4rec import BERT4Rec, BERT4RecConfig
+from jaxrec.models.gru4rec import GRU4Rec, GRU4RecConfig
+from jaxrec.models.mf import MF, MFConfig
+from jaxrec.models.pinnerformer import PinnerFormer, PinnerFormerConfig
+from jaxrec.models.protocols import PROTOCOLS, CTRModel, NextItemDefaults, NextItemModel, RetrievalModel
+from jaxrec.models.rankers import BST, DIN, RANKERS, WDL, RankerConfig, WDLSeq, build_ranker
+from jaxrec.models.sasrec import SASRec, SASRecConfig
+from jaxrec.models.youtube_dnn import YoutubeDNN, YoutubeDNNConfig
 
 MODELS = {
     "sasrec": SASRec,
@@ -15,46 +23,81 @@ MODELS = {
     "mf": MF,
     "youtube_dnn": YoutubeDNN,
     "pinnerformer": PinnerFormer,
-    **RANKERS,  # CTR rankers (wdl, wdl_seq, din, bst): built by build_ranker, trained by jaxrec.tasks.ctr.task
+    **RANKERS,  # CTR rankers (wdl, wdl_seq, din, bst): built by build_ranker
 }
 
 
-def build_model(config, num_items: int, num_users: int = 0):
-    """The registry's module for `config.name`; `num_users` reaches only models with a user table (MF)."""
+def model_class(name: str):
+    """The module class registered as `name`; ConfigError naming the known models when there is none."""
     try:
-        cls = MODELS[config.name]
+        return MODELS[name]
     except KeyError:
-        raise ValueError(f"unknown model {config.name!r}; known: {', '.join(MODELS)}") from None
-    takes_users = "num_users" in getattr(cls, "__dataclass_fields__", {})
-    return cls(config=config, num_items=num_items, **({"num_users": num_users} if takes_users else {}))
+        raise ConfigError(f"unknown model {name!r} (model.name); known: {', '.join(MODELS)}") from None
 
 
-def uses_user_inputs(model) -> bool:
-    """Whether `model.encode` takes `user_BxF` (per-user inputs the pipeline then adds to every batch)."""
-    return bool(getattr(model, "uses_user_inputs", False))
+def config_class_of(name: str) -> type:
+    """The config dataclass of model `name` (what `Config.model` holds when model.name is `name`)."""
+    return model_class(name).config_class
 
 
-def trains_on_whole_sequence(model) -> bool:
-    """Whether the model builds its own targets from the training items (TrainBatches' whole_sequence)."""
-    return bool(getattr(model, "trains_on_whole_sequence", False))
+def check_config_class(model_cfg) -> type:
+    """The class `model_cfg.name` names, after checking that `model_cfg` is an instance of its config class."""
+    cls = model_class(model_cfg.name)
+    if type(model_cfg) is not cls.config_class:
+        raise ConfigError(
+            f"model.name={model_cfg.name} takes a {cls.config_class.__name__}, got a {type(model_cfg).__name__} "
+            "(config.switch_model changes a config's model)"
+        )
+    return cls
+
+
+def build_model(model_cfg, num_items: int, num_users: int = 0, user_feature_rows: tuple[int, ...] = ()):
+    """The registry's module for `model_cfg` (a next-item or retrieval model; CTR rankers: build_ranker).
+
+    A next-item model takes the sizes it needs: `num_users` (MF's user table) and `user_feature_rows`, the
+    rows of each user-feature table (YoutubeDNN with model.user_features; the data's
+    `jaxrec.data.datasets.ML1M_USER_FEATURE_ROWS`).
+    """
+    cls = check_config_class(model_cfg)
+    if cls.task == "next_item":
+        return cls.build(model_cfg, num_items, num_users=num_users, user_feature_rows=user_feature_rows)
+    if cls.task == "retrieval":
+        return cls.build(model_cfg, num_items)
+    raise ValueError(
+        f"{model_cfg.name} is a {cls.task} model: build it with build_ranker(cfg, num_items, num_categories, "
+        "user_vocab, action_vocab)"
+    )
 
 
 __all__ = [
     "BST",
     "DIN",
     "MODELS",
+    "PROTOCOLS",
     "RANKERS",
     "WDL",
-    "WDLSeq",
-    "build_ranker",
     "BERT4Rec",
+    "BERT4RecConfig",
+    "CTRModel",
     "GRU4Rec",
+    "GRU4RecConfig",
     "MF",
+    "MFConfig",
+    "NextItemDefaults",
+    "NextItemModel",
     "PinnerFormer",
+    "PinnerFormerConfig",
+    "RankerConfig",
+    "RetrievalModel",
     "SASRec",
+    "SASRecConfig",
+    "WDLSeq",
     "YoutubeDNN",
+    "YoutubeDNNConfig",
     "build_model",
-    "trains_on_whole_sequence",
-    "uses_user_inputs",
+    "build_ranker",
+    "check_config_class",
+    "config_class_of",
+    "model_class",
     "vocab_rows",
 ]

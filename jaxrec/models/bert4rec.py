@@ -23,15 +23,50 @@ kernel N(0, 0.02), BERT's initializer_range; the default is Xavier-uniform).
 
 from __future__ import annotations
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxrec.config import ModelConfig, attention_dropout_rate
+from jaxrec.config import ItemTransformerConfig, NextItemLossConfig, attention_dropout_rate, check
 from jaxrec.layers.attention import causal_padding_mask
 from jaxrec.layers.dropout import Dropout
+from jaxrec.layers.embeddings import (
+    ITEM_AXES,
+    ITEM_BIAS_AXES,
+    POSITION_AXES,
+    initializers,
+    position_embeddings,
+    vocab_rows,
+)
 from jaxrec.layers.transformer import SelfAttention, dense_init, layer_norm
-from jaxrec.models.sasrec import initializers, position_embeddings, vocab_rows
+from jaxrec.models.protocols import NextItemDefaults
+
+
+@dataclasses.dataclass(frozen=True)
+class BERT4RecConfig(NextItemLossConfig, ItemTransformerConfig):
+    """BERT4Rec's keys: the transformer's, the next-item loss's, the cloze's and the BERT options'."""
+
+    name: str = "bert4rec"  # model registry entry
+    mask_prob: float = 0.2  # probability that the cloze task masks an item
+    # the paper's output head (dense -> GELU -> LayerNorm, per-item bias); false = Klenitskiy & Vasilev's
+    # (Hugging Face BertModel: the last block's states scored straight against the item embedding)
+    output_head: bool = True
+    # a dense layer over the attention heads' outputs, as BERT (and so BERT4Rec's and K&V's code) has;
+    # off by default because the reproduction table's rows ran without it
+    attention_projection: bool = False
+
+    def validate(self) -> None:
+        super().validate()
+        check(
+            (
+                self.embedding_init in ("xavier", "small_normal"),
+                f"model.embedding_init={self.embedding_init} is not implemented for bert4rec",
+            ),
+            (0.0 < self.mask_prob < 1.0, "model.mask_prob must be in (0, 1)"),
+            (self.loss not in ("bce", "bpr"), "bert4rec trains with ce, ce_chunked, gbce or sampled"),
+        )
 
 
 class _FeedForward(nn.Module):
@@ -46,10 +81,13 @@ class _FeedForward(nn.Module):
         return Dropout(self.dropout)(y, deterministic=deterministic)
 
 
-class BERT4Rec(nn.Module):
-    config: ModelConfig
+class BERT4Rec(NextItemDefaults, nn.Module):
+    """Capabilities: trains on whole sequences (its cloze), a target fraction (mask_prob), [MASK] at inference."""
+
+    config: BERT4RecConfig
     num_items: int
 
+    config_class = BERT4RecConfig
     # The cloze masks the training items themselves: batches hold the whole sequence, first item included.
     trains_on_whole_sequence = True
 
@@ -61,10 +99,13 @@ class BERT4Rec(nn.Module):
         cfg = self.config
         rows = vocab_rows(self.num_items + 1)  # room for the [MASK] row
         table_init, kernel_init = initializers(cfg.embedding_init)
-        self.item_embedding = self.param("item_embedding", table_init, (rows, cfg.hidden))
+        item_init = nn.with_logical_partitioning(table_init, ITEM_AXES)
+        self.item_embedding = self.param("item_embedding", item_init, (rows, cfg.hidden))
         if cfg.output_head:
-            self.output_bias = self.param("output_bias", nn.initializers.zeros, (rows,))
-        self.position_embedding = self.param("position_embedding", table_init, (cfg.max_len, cfg.hidden))
+            bias_init = nn.with_logical_partitioning(nn.initializers.zeros, ITEM_BIAS_AXES)
+            self.output_bias = self.param("output_bias", bias_init, (rows,))
+        position_init = nn.with_logical_partitioning(table_init, POSITION_AXES)
+        self.position_embedding = self.param("position_embedding", position_init, (cfg.max_len, cfg.hidden))
         self.embed_norm = layer_norm("embed_norm")
         self.embed_dropout = Dropout(cfg.dropout)
         self.attentions = [
@@ -118,7 +159,7 @@ class BERT4Rec(nn.Module):
         return self.encode(item_ids_BxL, deterministic=deterministic, last_only=last_only), self.output_table()
 
     @staticmethod
-    def training_batch(batch, key, config: ModelConfig, num_items: int):
+    def training_batch(batch, key, config: BERT4RecConfig, num_items: int):
         """Cloze task: mask each non-padding item with probability mask_prob; targets only there.
 
         The sequence is the pipeline's `positives_BxL`: the user's last L training items, the first one
@@ -132,7 +173,7 @@ class BERT4Rec(nn.Module):
         }
 
     @staticmethod
-    def target_fraction(config: ModelConfig) -> float:
+    def target_fraction(config: BERT4RecConfig) -> float:
         """The expected share of positions with a training target (the loss scores only those)."""
         return config.mask_prob
 

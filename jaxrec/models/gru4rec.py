@@ -15,13 +15,32 @@ padded to (length buckets); outputs at padding positions are zero. Causal by con
 
 from __future__ import annotations
 
+import dataclasses
+
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxrec.config import ModelConfig
+from jaxrec.config import ExamplesPerUserConfig, NextItemLossConfig, check
 from jaxrec.layers.dropout import Dropout
-from jaxrec.models.sasrec import embed_init, vocab_rows
-from jaxrec.models.youtube_dnn import last_positions_only
+from jaxrec.layers.embeddings import ITEM_AXES, embed_init, vocab_rows
+from jaxrec.models.protocols import NextItemDefaults, last_positions_only
+
+
+@dataclasses.dataclass(frozen=True)
+class GRU4RecConfig(NextItemLossConfig, ExamplesPerUserConfig):
+    """GRU4Rec's keys: the GRU stack's, the next-item loss's, and the examples per user."""
+
+    name: str = "gru4rec"  # model registry entry
+    num_blocks: int = 2  # stacked GRU layers
+    dropout: float = 0.2  # dropout rate on the item embeddings and the output states
+    shared_output_embedding: bool = True  # False: a separate output item table
+
+    def validate(self) -> None:
+        super().validate()
+        check(
+            (self.num_blocks >= 1, "model.num_blocks must be >= 1"),
+            (0.0 <= self.dropout < 1.0, "model.dropout must be in [0, 1)"),
+        )
 
 
 class _MaskedGRUStep(nn.Module):
@@ -41,16 +60,21 @@ class _MaskedGRUStep(nn.Module):
 _GRULayer = nn.scan(_MaskedGRUStep, variable_broadcast="params", split_rngs={"params": False}, in_axes=1, out_axes=1)
 
 
-class GRU4Rec(nn.Module):
-    config: ModelConfig
+class GRU4Rec(NextItemDefaults, nn.Module):
+    """Capabilities: NextItemDefaults', with targets only at the last `examples_per_user` positions."""
+
+    config: GRU4RecConfig
     num_items: int
+
+    config_class = GRU4RecConfig
 
     def setup(self):
         cfg = self.config
         rows = vocab_rows(self.num_items)
-        self.item_embedding = self.param("item_embedding", embed_init, (rows, cfg.hidden))
+        item_init = nn.with_logical_partitioning(embed_init, ITEM_AXES)
+        self.item_embedding = self.param("item_embedding", item_init, (rows, cfg.hidden))
         if not cfg.shared_output_embedding:
-            self.output_embedding = self.param("output_embedding", embed_init, (rows, cfg.hidden))
+            self.output_embedding = self.param("output_embedding", item_init, (rows, cfg.hidden))
         self.embed_dropout = Dropout(cfg.dropout)
         self.grus = [_GRULayer(cfg.hidden, name=f"gru_{i}") for i in range(cfg.num_blocks)]
         self.output_dropout = Dropout(cfg.dropout)
@@ -78,15 +102,10 @@ class GRU4Rec(nn.Module):
         return self.item_embedding if self.config.shared_output_embedding else self.output_embedding
 
     @staticmethod
-    def training_batch(batch, key, config: ModelConfig, num_items: int):
+    def training_batch(batch, key, config: GRU4RecConfig, num_items: int):
         """Next-item targets at every position (or the last `examples_per_user`)."""
         del key, num_items
         return last_positions_only(batch, config.examples_per_user)
-
-    @staticmethod
-    def inference_inputs(inputs_BxL, num_items: int):
-        del num_items
-        return inputs_BxL
 
     def __call__(self, item_ids_BxL, *, deterministic: bool = True, last_only: bool = False):
         return self.encode(item_ids_BxL, deterministic=deterministic, last_only=last_only), self.output_table()

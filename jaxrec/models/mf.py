@@ -14,27 +14,46 @@ next-item batches never target).
 
 from __future__ import annotations
 
+import dataclasses
+
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxrec.config import ModelConfig
-from jaxrec.models.sasrec import embed_init, vocab_rows
-from jaxrec.models.youtube_dnn import last_positions_only
+from jaxrec.config import ExamplesPerUserConfig, NextItemLossConfig
+from jaxrec.layers.embeddings import ITEM_AXES, USER_AXES, embed_init, vocab_rows
+from jaxrec.models.protocols import NextItemDefaults, last_positions_only
 
 
-class MF(nn.Module):
-    config: ModelConfig
+@dataclasses.dataclass(frozen=True)
+class MFConfig(NextItemLossConfig, ExamplesPerUserConfig):
+    """MF's keys: the sizes, the next-item loss's and the examples per user (no dropout: train.weight_decay)."""
+
+    name: str = "mf"  # model registry entry
+
+
+class MF(NextItemDefaults, nn.Module):
+    """Capabilities: per-user inputs (the user id), targets only at the last `examples_per_user` positions."""
+
+    config: MFConfig
     num_items: int
-    num_users: int = 0  # rows 1..num_users of the user table; 0 is padding (build_model passes it)
+    num_users: int = 0  # rows 1..num_users of the user table; 0 is padding (build passes it)
 
+    config_class = MFConfig
     uses_user_inputs = True  # the trainer adds user_BxF to every batch
+
+    @classmethod
+    def build(cls, config, num_items: int, num_users: int = 0, user_feature_rows: tuple[int, ...] = ()):
+        del user_feature_rows  # the user id only
+        return cls(config=config, num_items=num_items, num_users=num_users)
 
     def setup(self):
         if self.num_users < 1:
             raise ValueError("MF needs num_users >= 1 (build_model(config, num_items, num_users=...))")
         hidden = self.config.hidden
-        self.item_embedding = self.param("item_embedding", embed_init, (vocab_rows(self.num_items), hidden))
-        self.user_embedding = self.param("user_embedding", embed_init, (self.num_users + 1, hidden))
+        item_init = nn.with_logical_partitioning(embed_init, ITEM_AXES)
+        self.item_embedding = self.param("item_embedding", item_init, (vocab_rows(self.num_items), hidden))
+        user_init = nn.with_logical_partitioning(embed_init, USER_AXES)
+        self.user_embedding = self.param("user_embedding", user_init, (self.num_users + 1, hidden))
 
     def encode(self, item_ids_BxL, *, deterministic: bool = True, last_only: bool = False, user_BxF=None):
         """The user's vector at every real position: BxLxD (zeros at padding); Bx1xD with `last_only`.
@@ -54,14 +73,9 @@ class MF(nn.Module):
         return self.item_embedding
 
     @staticmethod
-    def training_batch(batch, key, config: ModelConfig, num_items: int):
+    def training_batch(batch, key, config: MFConfig, num_items: int):
         del key, num_items
         return last_positions_only(batch, config.examples_per_user)
-
-    @staticmethod
-    def inference_inputs(inputs_BxL, num_items: int):
-        del num_items
-        return inputs_BxL
 
     def __call__(self, item_ids_BxL, *, deterministic: bool = True, last_only: bool = False, user_BxF=None):
         h = self.encode(item_ids_BxL, deterministic=deterministic, last_only=last_only, user_BxF=user_BxF)

@@ -23,20 +23,51 @@ sequence ends (or a cut-off) as `query_time_B`, as the paper does.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxrec.config import ModelConfig
+from jaxrec.config import TransformerConfig, check
 from jaxrec.layers.attention import causal_padding_mask
 from jaxrec.layers.dropout import Dropout
+from jaxrec.layers.embeddings import ITEM_AXES, POSITION_AXES, embed_init, vocab_rows
 from jaxrec.layers.transformer import SelfAttention, dense_init, layer_norm
-from jaxrec.models.sasrec import embed_init, vocab_rows
 
 EVENT_FEATURES = ("action", "surface", "duration", "time", "gap", "age")
 ITEM_TOWERS = ("id", "mlp")
+
+
+@dataclasses.dataclass(frozen=True)
+class PinnerFormerConfig(TransformerConfig):
+    """PinnerFormer's keys: the transformer's, the event features' and the item tower's (its loss and
+    negatives are the retrieval section's)."""
+
+    name: str = "pinnerformer"  # model registry entry
+    # per-event inputs besides the item; drop a name to ablate it or when the data lacks it
+    event_features: tuple[str, ...] = EVENT_FEATURES
+    # periods (seconds) of the sin/cos "time" features: hour, day, week, mean month, mean year
+    time_periods: tuple[float, ...] = (3600.0, 86400.0, 604800.0, 2629746.0, 31556952.0)
+    num_actions: int = 8  # rows of the action-type embedding (ids 1..num_actions-1, 0 = padding)
+    num_surfaces: int = 8  # rows of the surface embedding (ids 1..num_surfaces-1, 0 = padding)
+    feature_dim: int = 8  # width of each categorical event-feature embedding
+    item_tower: str = "id"  # item embeddings from the "id" table, or an "mlp" over item features + id
+
+    def validate(self) -> None:
+        super().validate()
+        unknown = sorted(set(self.event_features) - set(EVENT_FEATURES))
+        timed = "time" in self.event_features
+        check(
+            (not unknown, f"model.event_features: unknown {unknown}; known: {', '.join(EVENT_FEATURES)}"),
+            (self.item_tower in ITEM_TOWERS, f"model.item_tower must be one of {ITEM_TOWERS}, got {self.item_tower!r}"),
+            (
+                not timed or all(1 <= p < 2**31 for p in self.time_periods),
+                f"model.time_periods must be seconds in [1, 2**31), got {self.time_periods}",
+            ),
+            (not timed or self.time_periods, '"time" in model.event_features needs model.time_periods'),
+        )
 
 
 def l2_normalize(x, eps: float = 1e-12):
@@ -73,27 +104,30 @@ class _Block(nn.Module):
 
 
 class PinnerFormer(nn.Module):
-    config: ModelConfig
+    """The retrieval task's model (`RetrievalModel`)."""
+
+    config: PinnerFormerConfig
     num_items: int
+
+    task = "retrieval"
+    config_class = PinnerFormerConfig
+
+    @classmethod
+    def build(cls, config: PinnerFormerConfig, num_items: int) -> PinnerFormer:
+        return cls(config=config, num_items=num_items)
 
     def setup(self):
         cfg = self.config
-        unknown = sorted(set(cfg.event_features) - set(EVENT_FEATURES))
-        if unknown:
-            raise ValueError(f"model.event_features: unknown {unknown}; known: {', '.join(EVENT_FEATURES)}")
-        if cfg.item_tower not in ITEM_TOWERS:
-            raise ValueError(f"model.item_tower must be one of {ITEM_TOWERS}, got {cfg.item_tower!r}")
-        if "time" in cfg.event_features and not all(1 <= p < 2**31 for p in cfg.time_periods):
-            raise ValueError(f"model.time_periods must be seconds in [1, 2**31), got {cfg.time_periods}")
-        if "time" in cfg.event_features and not cfg.time_periods:
-            raise ValueError('"time" in model.event_features needs model.time_periods')
-        self.item_embedding = self.param("item_embedding", embed_init, (vocab_rows(self.num_items), cfg.hidden))
+        cfg.validate()  # the feature names and periods setup reads (a ConfigError, which is a ValueError)
+        item_init = nn.with_logical_partitioning(embed_init, ITEM_AXES)
+        self.item_embedding = self.param("item_embedding", item_init, (vocab_rows(self.num_items), cfg.hidden))
         if "action" in cfg.event_features:
             self.action_embedding = self.param("action_embedding", embed_init, (cfg.num_actions, cfg.feature_dim))
         if "surface" in cfg.event_features:
             self.surface_embedding = self.param("surface_embedding", embed_init, (cfg.num_surfaces, cfg.feature_dim))
         self.input_projection = nn.Dense(cfg.hidden, kernel_init=dense_init)
-        self.position_embedding = self.param("position_embedding", embed_init, (cfg.max_len, cfg.hidden))
+        position_init = nn.with_logical_partitioning(embed_init, POSITION_AXES)
+        self.position_embedding = self.param("position_embedding", position_init, (cfg.max_len, cfg.hidden))
         self.embed_dropout = Dropout(cfg.dropout)
         self.blocks = [
             _Block(cfg.num_heads, cfg.dropout, cfg.attention, name=f"block_{i}") for i in range(cfg.num_blocks)

@@ -31,15 +31,25 @@ comparison isolates what the sequence model adds (the papers' DIN and BST have n
 
 from __future__ import annotations
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxrec.config import CTRConfig, ModelConfig
+from jaxrec.config import ConfigError, CTRConfig, TransformerConfig
 from jaxrec.layers.attention import causal_padding_mask
 from jaxrec.layers.dropout import Dropout
+from jaxrec.layers.embeddings import ITEM_AXES, ITEM_BIAS_AXES, embed_init, vocab_rows
 from jaxrec.layers.transformer import SelfAttention, dense_init
-from jaxrec.models.sasrec import embed_init, vocab_rows
+
+
+@dataclasses.dataclass(frozen=True)
+class RankerConfig(TransformerConfig):
+    """The CTR rankers' model keys (wdl, wdl_seq, din, bst share them: num_blocks, num_heads and attention are
+    BST's, dropout BST's blocks'); their own knobs are the ctr section's (`CTRConfig`)."""
+
+    name: str = "wdl"  # model registry entry: wdl | wdl_seq | din | bst
 
 
 def with_genres(batch, categories_VxC):
@@ -135,7 +145,8 @@ class Embeddings(nn.Module):
     action_vocab: int = 0  # A + 1 (0 = no action embedding); the table has one more row, the candidate's
 
     def setup(self):
-        self.item = self.param("item", embed_init, (vocab_rows(self.num_items), self.dim))
+        item_init = nn.with_logical_partitioning(embed_init, ITEM_AXES)
+        self.item = self.param("item", item_init, (vocab_rows(self.num_items), self.dim))
         if self.num_categories:
             self.genre = self.param("genre", embed_init, (self.num_categories, self.dim))
         if self.user_vocab:
@@ -164,12 +175,36 @@ class Embeddings(nn.Module):
 
 
 class _Ranker(nn.Module):
-    config: ModelConfig
+    """The CTR task's models (`CTRModel`)."""
+
+    config: RankerConfig
     num_items: int
     ctr: CTRConfig = CTRConfig()
     num_categories: int = 0
     user_vocab: int = 0
     action_vocab: int = 0  # A + 1 with ctr.history_actions (the data's actions), else 0
+
+    task = "ctr"
+    config_class = RankerConfig
+    reads_history = True  # WDL alone does not: it has no events to annotate with actions
+
+    @classmethod
+    def build(cls, cfg, num_items: int, num_categories: int, user_vocab: int, action_vocab: int = 0) -> _Ranker:
+        """The ranker for the Config `cfg` (model and ctr sections), a catalogue of `num_items`, C genres, a
+        user-field vocabulary and the data's action vocabulary (used only with `ctr.history_actions`)."""
+        uses_actions = cfg.ctr.history_actions and cls.reads_history
+        if uses_actions and not action_vocab:
+            raise ValueError(
+                "ctr.history_actions: the data has no actions (ratings) to embed; set ctr.history_actions=false"
+            )
+        return cls(
+            config=cfg.model,
+            num_items=num_items,
+            ctr=cfg.ctr,
+            num_categories=num_categories,
+            user_vocab=user_vocab,
+            action_vocab=action_vocab if uses_actions else 0,
+        )
 
     def _embeddings(self):
         return Embeddings(self.num_items, self.config.hidden, self.num_categories, self.user_vocab, self.action_vocab)
@@ -194,7 +229,8 @@ class _Ranker(nn.Module):
 
     def _setup_wide(self):
         """WDL's wide part (called from setup): per-item bias, genre weights, user-field biases and crosses."""
-        self.wide_item = self.param("wide_item", nn.initializers.zeros, (vocab_rows(self.num_items),))
+        wide_init = nn.with_logical_partitioning(nn.initializers.zeros, ITEM_BIAS_AXES)
+        self.wide_item = self.param("wide_item", wide_init, (vocab_rows(self.num_items),))
         if self.num_categories:
             self.wide_genre = self.param("wide_genre", nn.initializers.zeros, (self.num_categories,))
         if self.user_vocab:
@@ -220,9 +256,9 @@ class _Ranker(nn.Module):
 
 
 class WDL(_Ranker):
-    """Wide & Deep (Cheng et al., 2016) without the sequence; `pool_history` adds its mean (WDLSeq)."""
+    """Wide & Deep (Cheng et al., 2016) without the sequence; `reads_history` adds its mean (WDLSeq)."""
 
-    pool_history: bool = False
+    reads_history = False
 
     def setup(self):
         self.embed = self._embeddings()
@@ -233,7 +269,7 @@ class WDL(_Ranker):
     def __call__(self, batch, *, deterministic: bool = True):
         hist_BxLxE, mask_BxL, cand_BxE, user_BxU = self._inputs(batch)
         parts = [user_BxU, cand_BxE]
-        if self.pool_history:
+        if self.reads_history:
             keep_BxL = mask_BxL.astype(jnp.float32)
             pooled = jnp.einsum("bl,ble->be", keep_BxL, hist_BxLxE) / jnp.maximum(keep_BxL.sum(-1, keepdims=True), 1)
             parts.append(pooled)
@@ -241,7 +277,7 @@ class WDL(_Ranker):
 
 
 class WDLSeq(WDL):
-    pool_history: bool = True
+    reads_history = True
 
 
 class DIN(_Ranker):
@@ -331,23 +367,11 @@ RANKERS = {"wdl": WDL, "wdl_seq": WDLSeq, "din": DIN, "bst": BST}
 
 
 def build_ranker(cfg, num_items: int, num_categories: int, user_vocab: int, action_vocab: int = 0) -> _Ranker:
-    """The ranker `cfg.model.name` for a catalogue of `num_items`, C genres, a user-field vocabulary and
-    the data's action vocabulary (used only with `ctr.history_actions`)."""
+    """The ranker `cfg.model.name` (`_Ranker.build`)."""
     try:
         cls = RANKERS[cfg.model.name]
     except KeyError:
         raise ValueError(f"unknown ranker {cfg.model.name!r}; known: {', '.join(RANKERS)}") from None
-    # Every ranker reads the history but plain WDL (pool_history False): it has no events to annotate.
-    uses_actions = cfg.ctr.history_actions and getattr(cls, "pool_history", True)
-    if uses_actions and not action_vocab:
-        raise ValueError(
-            "ctr.history_actions: the data has no actions (ratings) to embed; set ctr.history_actions=false"
-        )
-    return cls(
-        config=cfg.model,
-        num_items=num_items,
-        ctr=cfg.ctr,
-        num_categories=num_categories,
-        user_vocab=user_vocab,
-        action_vocab=action_vocab if uses_actions else 0,
-    )
+    if type(cfg.model) is not RankerConfig:
+        raise ConfigError(f"model.name={cfg.model.name} takes a RankerConfig, got a {type(cfg.model).__name__}")
+    return cls.build(cfg, num_items, num_categories, user_vocab, action_vocab)

@@ -13,67 +13,45 @@ input item table (shared), or with a separate output table (the paper's ablation
 
 from __future__ import annotations
 
+import dataclasses
+
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxrec.config import ModelConfig, attention_dropout_rate
+from jaxrec.config import ItemTransformerConfig, NextItemLossConfig, attention_dropout_rate
 from jaxrec.layers.attention import causal_padding_mask
 from jaxrec.layers.dropout import Dropout
-from jaxrec.layers.transformer import PointWiseFeedForward, SelfAttention, dense_init, layer_norm, small_normal_init
-
-embed_init = nn.initializers.xavier_uniform()
-# gSASRec-pytorch's tables (torch's nn.Embedding default), used unscaled.
-torch_embed_init = nn.initializers.normal(stddev=1.0)
+from jaxrec.layers.embeddings import ITEM_AXES, POSITION_AXES, initializers, position_embeddings, vocab_rows
+from jaxrec.layers.transformer import PointWiseFeedForward, SelfAttention, layer_norm
+from jaxrec.models.protocols import NextItemDefaults
 
 
-def initializers(embedding_init: str):
-    """(table init, dense-kernel init) for `model.embedding_init` (xavier | normal | small_normal)."""
-    if embedding_init == "small_normal":  # Klenitskiy & Vasilev's SASRec, BERT's initializer_range
-        return small_normal_init, small_normal_init
-    return (torch_embed_init if embedding_init == "normal" else embed_init), dense_init
+@dataclasses.dataclass(frozen=True)
+class SASRecConfig(NextItemLossConfig, ItemTransformerConfig):
+    """SASRec's keys: the transformer's, the next-item loss's, and the output table's."""
+
+    name: str = "sasrec"  # model registry entry
+    shared_output_embedding: bool = True  # False: a separate output item table (SASRec ablation)
 
 
-def vocab_rows(num_items: int, multiple: int = 128) -> int:
-    """Rows of the item table: ids 0..num_items, padded up to `multiple` (padding rows never score)."""
-    return -(-(num_items + 1) // multiple) * multiple
+class SASRec(NextItemDefaults, nn.Module):
+    """Capabilities: NextItemDefaults' (next item at every position, no per-user inputs)."""
 
-
-def position_rows(valid_BxL, max_len: int, mode: str = "from_end"):
-    """Row of the position table for each slot of a left-padded window (1xL or BxL).
-
-    "from_end": the newest item takes row max_len - 1 and earlier ones count back (SASRec's and
-    BERT4Rec's code, whose windows are left padded). "from_start": a history's first item takes row 0
-    (Klenitskiy & Vasilev's right-padded batches); padding slots take row 0 too, and are masked.
-    Either way a slot's row does not depend on how much padding precedes the history.
-    """
-    length = valid_BxL.shape[1]
-    if mode == "from_end":
-        return jnp.arange(max_len - length, max_len)[None]
-    return jnp.maximum(jnp.cumsum(valid_BxL, axis=1, dtype=jnp.int32) - 1, 0)
-
-
-def position_embeddings(table_PxD, valid_BxL, mode: str = "from_end"):
-    """The position table's rows for each slot (1xLxD or BxLxD), as `position_rows` numbers them.
-
-    "from_end" is a static slice of the table (no gather in the step, nor a scatter in its gradient).
-    """
-    if mode == "from_end":
-        return table_PxD[table_PxD.shape[0] - valid_BxL.shape[1] :][None]
-    return table_PxD[position_rows(valid_BxL, table_PxD.shape[0], mode)]
-
-
-class SASRec(nn.Module):
-    config: ModelConfig
+    config: SASRecConfig
     num_items: int
+
+    config_class = SASRecConfig
 
     def setup(self):
         cfg = self.config
         rows = vocab_rows(self.num_items)
         init, kernel_init = initializers(cfg.embedding_init)
-        self.item_embedding = self.param("item_embedding", init, (rows, cfg.hidden))
+        item_init = nn.with_logical_partitioning(init, ITEM_AXES)
+        self.item_embedding = self.param("item_embedding", item_init, (rows, cfg.hidden))
         if not cfg.shared_output_embedding:
-            self.output_embedding = self.param("output_embedding", init, (rows, cfg.hidden))
-        self.position_embedding = self.param("position_embedding", init, (cfg.max_len, cfg.hidden))
+            self.output_embedding = self.param("output_embedding", item_init, (rows, cfg.hidden))
+        position_init = nn.with_logical_partitioning(init, POSITION_AXES)
+        self.position_embedding = self.param("position_embedding", position_init, (cfg.max_len, cfg.hidden))
         self.embed_dropout = Dropout(cfg.dropout)
         self.attention_norms = [layer_norm(f"attention_norm_{i}") for i in range(cfg.num_blocks)]
         self.attentions = [
@@ -126,17 +104,6 @@ class SASRec(nn.Module):
     def output_table(self):
         """VxD table that scores items: h . table[item]."""
         return self.item_embedding if self.config.shared_output_embedding else self.output_embedding
-
-    @staticmethod
-    def training_batch(batch, key, config: ModelConfig, num_items: int):
-        """SASRec trains on the pipeline's batch as it is (next item at every position)."""
-        del key, config, num_items
-        return batch
-
-    @staticmethod
-    def inference_inputs(inputs_BxL, num_items: int):
-        del num_items
-        return inputs_BxL
 
     def __call__(self, item_ids_BxL, *, deterministic: bool = True, last_only: bool = False):
         return self.encode(item_ids_BxL, deterministic=deterministic, last_only=last_only), self.output_table()

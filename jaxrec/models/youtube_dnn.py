@@ -21,29 +21,39 @@ timestamps; ml-1m-sasrec has none) and search-token / geographic inputs (absent 
 
 from __future__ import annotations
 
+import dataclasses
+
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxrec.config import ModelConfig
-from jaxrec.data.datasets import ML1M_USER_FEATURE_ROWS
+from jaxrec.config import ExamplesPerUserConfig, NextItemLossConfig, check
 from jaxrec.layers.dropout import Dropout
-from jaxrec.models.sasrec import embed_init, vocab_rows
+from jaxrec.layers.embeddings import ITEM_AXES, embed_init, vocab_rows
+from jaxrec.models.protocols import NextItemDefaults, last_positions_only
 
 relu_init = nn.initializers.he_uniform()
 
 
-def last_positions_only(batch, k: int):
-    """The batch with targets only at the last `k` positions of each row (k = 0: all positions).
+@dataclasses.dataclass(frozen=True)
+class YoutubeDNNConfig(NextItemLossConfig, ExamplesPerUserConfig):
+    """YoutubeDNN's keys: the watch window's, the tower's, the user features', the next-item loss's."""
 
-    Rows are left padded and aligned to the end, so the last k columns are each sequence's last k
-    training examples (fewer when the sequence is shorter).
-    """
-    if k == 0:
-        return batch
-    positives_BxL = batch["positives_BxL"]
-    length = positives_BxL.shape[1]
-    keep_L = jnp.arange(length) >= length - k
-    return {**batch, "positives_BxL": jnp.where(keep_L[None], positives_BxL, 0)}
+    name: str = "youtube_dnn"  # model registry entry
+    dropout: float = 0.2  # dropout rate on the tower's input
+    shared_output_embedding: bool = True  # False: a separate output item table
+    history_window: int = 50  # items averaged into the user vector at each position (causal window)
+    tower_layers: int = 3  # ReLU layers of the user tower (the last one is hidden wide)
+    tower_width: int = 256  # width of the tower's other ReLU layers
+    user_features: bool = False  # add gender/age/occupation embeddings (ML-1M users.dat)
+    feature_dim: int = 8  # width of each user-feature embedding
+
+    def validate(self) -> None:
+        super().validate()
+        check(
+            (0.0 <= self.dropout < 1.0, "model.dropout must be in [0, 1)"),
+            (self.history_window >= 1, "model.history_window must be >= 1"),
+            (self.tower_layers >= 1 and self.tower_width >= 1, "model.tower_layers/tower_width must be >= 1"),
+        )
 
 
 def window_mean(x_BxLxD, valid_BxL, window: int, last_only: bool = False):
@@ -70,25 +80,49 @@ def window_mean(x_BxLxD, valid_BxL, window: int, last_only: bool = False):
     return windowed(x_BxLxD) / jnp.maximum(windowed(count_BxL), 1.0)[..., None]
 
 
-class YoutubeDNN(nn.Module):
-    config: ModelConfig
+class YoutubeDNN(NextItemDefaults, nn.Module):
+    """Capabilities: per-user inputs with `model.user_features`; targets at the last `examples_per_user`
+    positions, whose windows are all the step keeps of the batch."""
+
+    config: YoutubeDNNConfig
     num_items: int
+    # Rows of each user-feature table (the data's codes: ML-1M's gender, age and occupation,
+    # jaxrec.data.datasets.ML1M_USER_FEATURE_ROWS), needed with `model.user_features`.
+    user_feature_rows: tuple[int, ...] = ()
+
+    config_class = YoutubeDNNConfig
+
+    @classmethod
+    def build(cls, config, num_items: int, num_users: int = 0, user_feature_rows: tuple[int, ...] = ()):
+        del num_users  # no user table: users are their features
+        rows = tuple(user_feature_rows) if config.user_features else ()
+        return cls(config=config, num_items=num_items, user_feature_rows=rows)
 
     @property
     def uses_user_inputs(self) -> bool:
         """User features arrive as per-user inputs (`user_BxF`); without them the model needs none."""
         return self.config.user_features
 
+    @property
+    def uses_user_features(self) -> bool:
+        return self.config.user_features
+
     def setup(self):
         cfg = self.config
         rows = vocab_rows(self.num_items)
-        self.item_embedding = self.param("item_embedding", embed_init, (rows, cfg.hidden))
+        item_init = nn.with_logical_partitioning(embed_init, ITEM_AXES)
+        self.item_embedding = self.param("item_embedding", item_init, (rows, cfg.hidden))
         if not cfg.shared_output_embedding:
-            self.output_embedding = self.param("output_embedding", embed_init, (rows, cfg.hidden))
+            self.output_embedding = self.param("output_embedding", item_init, (rows, cfg.hidden))
         if cfg.user_features:
+            if not self.user_feature_rows:
+                raise ValueError(
+                    "YoutubeDNN with model.user_features needs the rows of each user-feature table: "
+                    "build_model(config, num_items, user_feature_rows=...)"
+                )
             self.feature_embeddings = [
                 nn.Embed(size, cfg.feature_dim, embedding_init=embed_init, name=f"user_feature_{i}")
-                for i, size in enumerate(ML1M_USER_FEATURE_ROWS)
+                for i, size in enumerate(self.user_feature_rows)
             ]
         self.input_dropout = Dropout(cfg.dropout)
         widths = [cfg.tower_width] * (cfg.tower_layers - 1) + [cfg.hidden]
@@ -109,7 +143,7 @@ class YoutubeDNN(nn.Module):
             valid_BxL = valid_BxL[:, -1:]
         if cfg.user_features:
             if user_BxF is None:
-                user_BxF = jnp.zeros((item_ids_BxL.shape[0], 1 + len(ML1M_USER_FEATURE_ROWS)), jnp.int32)
+                user_BxF = jnp.zeros((item_ids_BxL.shape[0], 1 + len(self.user_feature_rows)), jnp.int32)
             features = [embed(user_BxF[:, 1 + i]) for i, embed in enumerate(self.feature_embeddings)]
             features_BxLxE = jnp.broadcast_to(
                 jnp.concatenate(features, axis=-1)[:, None], x.shape[:2] + (cfg.feature_dim * len(features),)
@@ -125,7 +159,7 @@ class YoutubeDNN(nn.Module):
         return self.item_embedding if self.config.shared_output_embedding else self.output_embedding
 
     @staticmethod
-    def training_batch(batch, key, config: ModelConfig, num_items: int):
+    def training_batch(batch, key, config: YoutubeDNNConfig, num_items: int):
         """Next-item targets at every position, or at the last `examples_per_user` = K positions only.
 
         With K, the step also drops the columns no example reads: the last K positions see only the
@@ -138,11 +172,6 @@ class YoutubeDNN(nn.Module):
         if k and keep < batch["positives_BxL"].shape[1]:
             batch = {name: x[:, -keep:] if name.endswith("_BxL") else x for name, x in batch.items()}
         return last_positions_only(batch, k)
-
-    @staticmethod
-    def inference_inputs(inputs_BxL, num_items: int):
-        del num_items
-        return inputs_BxL
 
     def __call__(self, item_ids_BxL, *, deterministic: bool = True, last_only: bool = False, user_BxF=None):
         h = self.encode(item_ids_BxL, deterministic=deterministic, last_only=last_only, user_BxF=user_BxF)

@@ -61,8 +61,18 @@ def softmax_ce_full(h_NxD, table_VxD, targets_N, num_items: int):
     return jnp.where(mask_N, lse_N - target_N, 0.0).sum() / jnp.maximum(count, 1.0), count
 
 
-def _chunked_lse(h_NxD, table_CxKxD, valid_CxK):
-    """Online logsumexp over catalogue chunks: never holds more than N x K logits."""
+def chunked_lse(h_NxD, table_CxKxD, valid_CxK):
+    """Online logsumexp of h's logits over a table in C chunks of K rows: never holds more than N x K logits.
+
+    Serves `softmax_ce_chunked` and, per "model" shard inside `jax.shard_map`, `vocab_parallel.sharded_softmax_ce`:
+    the carries are made like h, so they keep h's varying mesh axes, as `lax.scan` requires there.
+
+    Args:
+      h_NxD: queries.
+      table_CxKxD, valid_CxK: the table as `split_rows` gives it; rows where valid is False get no probability.
+    Returns:
+      lse_N float32; -inf for a query when no row is valid.
+    """
 
     def body(carry, chunk):
         running_max, running_sum = carry
@@ -73,18 +83,21 @@ def _chunked_lse(h_NxD, table_CxKxD, valid_CxK):
         running_sum = running_sum * jnp.exp(running_max - safe_max) + jnp.exp(logits_NxK - safe_max[:, None]).sum(-1)
         return (new_max, running_sum), None
 
-    n = h_NxD.shape[0]
-    init = (jnp.full((n,), -jnp.inf, jnp.float32), jnp.zeros((n,), jnp.float32))
+    init = (jnp.full_like(h_NxD[:, 0], -jnp.inf, jnp.float32), jnp.zeros_like(h_NxD[:, 0], jnp.float32))
     (running_max, running_sum), _ = jax.lax.scan(body, init, (table_CxKxD, valid_CxK))
     return running_max + jnp.log(running_sum)
 
 
-def _split_table(table_VxD, num_items: int, chunk: int):
+def split_rows(table_VxD, valid_V, chunk: int):
+    """The table's rows and their validity in C = ceil(V / K) chunks of K = `chunk` rows (for `chunked_lse`).
+
+    Returns (table_CxKxD, valid_CxK); the last chunk is padded with zero rows, invalid.
+    """
     rows, dim = table_VxD.shape
     num_chunks = -(-rows // chunk)
-    padded = jnp.pad(table_VxD, ((0, num_chunks * chunk - rows), (0, 0)))
-    valid = jnp.pad(real_item_rows(rows, num_items), (0, num_chunks * chunk - rows))
-    return padded.reshape(num_chunks, chunk, dim), valid.reshape(num_chunks, chunk)
+    pad = num_chunks * chunk - rows
+    table_CxKxD = jnp.pad(table_VxD, ((0, pad), (0, 0))).reshape(num_chunks, chunk, dim)
+    return table_CxKxD, jnp.pad(valid_V, (0, pad)).reshape(num_chunks, chunk)
 
 
 def softmax_ce_chunked(h_NxD, table_VxD, targets_N, num_items: int, chunk: int = 4096):
@@ -103,8 +116,8 @@ def _chunked_ce(h_NxD, table_VxD, targets_N, num_items, chunk):
 
 
 def _chunked_ce_forward(h_NxD, table_VxD, targets_N, num_items, chunk):
-    table_CxKxD, valid_CxK = _split_table(table_VxD, num_items, chunk)
-    lse_N = _chunked_lse(h_NxD, table_CxKxD, valid_CxK)
+    table_CxKxD, valid_CxK = split_rows(table_VxD, real_item_rows(table_VxD.shape[0], num_items), chunk)
+    lse_N = chunked_lse(h_NxD, table_CxKxD, valid_CxK)
     target_N = jnp.einsum("nd,nd->n", h_NxD, table_VxD[targets_N]).astype(jnp.float32)
     mask_N = (targets_N > 0).astype(jnp.float32)
     count = mask_N.sum()
@@ -121,7 +134,7 @@ def _chunked_ce_bwd(num_items, chunk, residuals, cotangents):
     h_NxD, table_VxD, targets_N, lse_N, count = residuals
     g_loss, _ = cotangents  # the count is not differentiable
     rows = table_VxD.shape[0]
-    table_CxKxD, valid_CxK = _split_table(table_VxD, num_items, chunk)
+    table_CxKxD, valid_CxK = split_rows(table_VxD, real_item_rows(rows, num_items), chunk)
     # d loss / d logit = (softmax - onehot) * mask / count, per row.
     scale_N = g_loss * (targets_N > 0).astype(jnp.float32) / jnp.maximum(count, 1.0)
 

@@ -43,8 +43,9 @@ def top_k_scores(
         exact top K. Without a mesh, one top K over B x V scores (which jit may partition by itself).
       recall_target: passed to `approx_max_k`.
     Returns:
-      (scores_BxK float32, ids_BxK int32), best first. If fewer than K items remain for a user, the rest are
-      score -inf with id -1.
+      (scores_BxK float32, ids_BxK int32), best first; equal scores in increasing id order (exact path, with or
+      without a mesh: `lax.top_k` keeps the lower index first, and the shards are merged in row order). If fewer
+      than K items remain for a user, the rest are score -inf with id -1.
     """
     rows = table_VxD.shape[0]
     if not 0 < k <= rows:

@@ -145,31 +145,6 @@ def _ce_body(h_NxD, table_local_VxD, targets_N, *, num_items, chunk):
     return loss_sum / jnp.maximum(count, 1.0), count
 
 
-def _split(table_local_VxD, valid_V, chunk: int):
-    rows, dim = table_local_VxD.shape
-    num_chunks = -(-rows // chunk)
-    pad = num_chunks * chunk - rows
-    table_CxKxD = jnp.pad(table_local_VxD, ((0, pad), (0, 0))).reshape(num_chunks, chunk, dim)
-    return table_CxKxD, jnp.pad(valid_V, (0, pad)).reshape(num_chunks, chunk)
-
-
-def _online_lse(h_NxD, table_CxKxD, valid_CxK):
-    """losses._chunked_lse, with carries shaped like h (full_like keeps h's varying mesh axes, as scan requires)."""
-
-    def body(carry, chunk_in):
-        running_max, running_sum = carry
-        table_KxD, valid_K = chunk_in
-        logits_NxK = jnp.where(valid_K[None], (h_NxD @ table_KxD.T).astype(jnp.float32), -jnp.inf)
-        new_max = jnp.maximum(running_max, logits_NxK.max(axis=-1))
-        safe_max = jnp.where(jnp.isfinite(new_max), new_max, 0.0)
-        running_sum = running_sum * jnp.exp(running_max - safe_max) + jnp.exp(logits_NxK - safe_max[:, None]).sum(-1)
-        return (new_max, running_sum), None
-
-    init = (jnp.full_like(h_NxD[:, 0], -jnp.inf, jnp.float32), jnp.zeros_like(h_NxD[:, 0], jnp.float32))
-    (running_max, running_sum), _ = jax.lax.scan(body, init, (table_CxKxD, valid_CxK))
-    return running_max + jnp.log(running_sum)
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def _local_stats_chunked(h_NxD, table_local_VxD, valid_V, chunk):
     """(max, sum exp(logit - max)) over this shard's valid rows, per query: the online scan of losses'."""
@@ -178,8 +153,8 @@ def _local_stats_chunked(h_NxD, table_local_VxD, valid_V, chunk):
 
 
 def _stats_fwd(h_NxD, table_local_VxD, valid_V, chunk):
-    table_CxKxD, valid_CxK = _split(table_local_VxD, valid_V, chunk)
-    lse_N = _online_lse(h_NxD, table_CxKxD, valid_CxK)
+    table_CxKxD, valid_CxK = losses.split_rows(table_local_VxD, valid_V, chunk)
+    lse_N = losses.chunked_lse(h_NxD, table_CxKxD, valid_CxK)
     # Reported as (max, sum) = (lse, 1): the same logsumexp, and all the caller uses is max + log(sum). The sum's
     # derivative, with the max held constant, is exp(logit - lse) per logit (the backward below).
     local_sum_N = jnp.where(jnp.isfinite(lse_N), 1.0, 0.0)
@@ -190,7 +165,7 @@ def _stats_bwd(chunk, residuals, cotangents):
     h_NxD, table_local_VxD, valid_V, lse_N = residuals
     _, g_sum_N = cotangents  # the caller holds the max constant (stop_gradient): its cotangent is zero
     rows = table_local_VxD.shape[0]
-    table_CxKxD, valid_CxK = _split(table_local_VxD, valid_V, chunk)
+    table_CxKxD, valid_CxK = losses.split_rows(table_local_VxD, valid_V, chunk)
     # local_sum = sum_k exp(logit_k - lse) (= 1 by construction): d/dlogit_k = softmax_k within the shard.
     safe_lse_N = jnp.where(jnp.isfinite(lse_N), lse_N, 0.0)
     g_N = jnp.where(jnp.isfinite(lse_N), g_sum_N, 0.0).astype(jnp.float32)

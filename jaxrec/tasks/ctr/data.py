@@ -38,7 +38,7 @@ import numpy as np
 from jaxrec.config import Config
 from jaxrec.data.datasets import default_data_dir
 from jaxrec.data.events import EventDataset, load_events
-from jaxrec.data.pipeline import sample_negatives
+from jaxrec.data.negatives import sample_negatives
 from jaxrec.data.readers import read_movielens_users
 from jaxrec.data.types import DataError
 

@@ -1,4 +1,4 @@
-"""The CTR train step: BCE in float32 plus DIN's mini-batch aware L2, one Adam update.
+"""The CTR loss: BCE in float32 plus DIN's mini-batch aware L2.
 
 Legend: B batch, V item-table rows, C genres, D embedding width.
 
@@ -12,28 +12,14 @@ of those items) are regularised; rows outside the batch get no gradient from it.
 
 from __future__ import annotations
 
-from typing import Any
-
-import flax
-import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
 from jaxrec.config import Config
-from jaxrec.engine.step import RNG_IMPL
 from jaxrec.models.rankers import with_genres
 
 NOT_MODEL_INPUTS = ("label_B", "weight_B", "user_B")
-
-
-@flax.struct.dataclass
-class CTRState:
-    step: jax.Array  # int32 scalar: optimizer steps taken
-    params: Any  # model parameters
-    batch_stats: Any  # moving averages of Dice's batch statistics ({} for models without Dice)
-    opt_state: Any  # optax state
-    rng_data: jax.Array  # raw key data of the base rng; step keys are fold_in(rng, step)
 
 
 def model_inputs(batch, categories_VxC):
@@ -41,19 +27,10 @@ def model_inputs(batch, categories_VxC):
     return with_genres({k: v for k, v in batch.items() if k not in NOT_MODEL_INPUTS}, categories_VxC)
 
 
-def init_state(model, tx, cfg: Config, example_batch: dict[str, np.ndarray], categories_VxC) -> CTRState:
-    key = jax.random.key(cfg.train.seed, impl=RNG_IMPL)
-    init_key, base_key = jax.random.split(key)
+def init_variables(model, example_batch: dict[str, np.ndarray], categories_VxC):
+    """init(key) -> the ranker's variables ({"params", "batch_stats" for Dice}), from two rows of a batch."""
     inputs = model_inputs({k: v[:2] for k, v in example_batch.items()}, categories_VxC)
-    variables = jax.jit(lambda k: model.init({"params": k}, inputs))(init_key)
-    params = variables["params"]
-    return CTRState(
-        step=jnp.zeros((), jnp.int32),
-        params=params,
-        batch_stats=variables.get("batch_stats", {}),
-        opt_state=tx.init(params),
-        rng_data=jax.random.key_data(base_key),
-    )
+    return lambda key: model.init({"params": key}, inputs)
 
 
 def present_rows(ids, rows: int):
@@ -87,17 +64,17 @@ def weighted_bce(logits_B, labels_B, weight_B):
     return jnp.sum(losses * weight_B) / jnp.maximum(jnp.sum(weight_B), 1.0)
 
 
-def make_train_step(model, tx, cfg: Config, categories_VxC, item_counts_V, genre_counts_C):
-    """Returns train_step(state, batch) -> (state, {"loss", "bce", "l2"}); jit it with the state donated."""
+def make_loss(model, cfg: Config, categories_VxC, item_counts_V, genre_counts_C):
+    """The task's loss (`jaxrec.engine.step`): mean BCE + l2_reg x the mini-batch aware L2, with count 1;
+    metrics "bce" and "l2"; the model state is Dice's batch statistics."""
     categories = jnp.asarray(categories_VxC, jnp.float32)
     item_counts = jnp.asarray(item_counts_V, jnp.float32)
     genre_counts = jnp.asarray(genre_counts_C, jnp.float32)
     l2_reg = cfg.ctr.l2_reg
 
-    def loss_fn(params, batch_stats, batch, key):
-        variables = {"params": params, "batch_stats": batch_stats}
+    def loss(params, model_state, task_state, batch, key):
         (logits_B, _), updates = model.apply(
-            variables,
+            {"params": params, **model_state},
             model_inputs(batch, categories),
             deterministic=False,
             rngs={"dropout": key},
@@ -105,26 +82,18 @@ def make_train_step(model, tx, cfg: Config, categories_VxC, item_counts_V, genre
         )
         bce = weighted_bce(logits_B, batch["label_B"], batch["weight_B"])
         l2 = regularizer(params, batch, categories, item_counts, genre_counts) if l2_reg > 0 else jnp.zeros(())
-        return bce + l2_reg * l2, (updates.get("batch_stats", batch_stats), bce, l2)
+        model_state = {**model_state, **updates}  # new batch statistics (none without Dice)
+        return bce + l2_reg * l2, (jnp.ones((), jnp.float32), model_state, {"bce": bce, "l2": l2})
 
-    def train_step(state: CTRState, batch):
-        key = jax.random.fold_in(jax.random.wrap_key_data(state.rng_data, impl=RNG_IMPL), state.step)
-        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-        (loss, (batch_stats, bce, l2)), grads = grad_fn(state.params, state.batch_stats, batch, key)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state)
-        return new_state, {"loss": loss, "bce": bce, "l2": l2}
-
-    return train_step
+    return loss
 
 
 def make_predict(model, categories_VxC):
-    """Returns predict(params, batch_stats, batch) -> logits_B float32 (inference mode); jit it."""
+    """Returns predict(params, model_state, batch) -> logits_B float32 (inference mode); jit it."""
     categories = jnp.asarray(categories_VxC, jnp.float32)
 
-    def predict(params, batch_stats, batch):
-        logits_B, _ = model.apply({"params": params, "batch_stats": batch_stats}, model_inputs(batch, categories))
+    def predict(params, model_state, batch):
+        logits_B, _ = model.apply({"params": params, **model_state}, model_inputs(batch, categories))
         return logits_B
 
     return predict

@@ -11,13 +11,15 @@ user never interacted with (train, validation or test), drawn once with a fixed 
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-from jaxrec.data.pipeline import eval_batches
 from jaxrec.engine import mesh as mesh_lib
+from jaxrec.engine.compile import compiler_options
 from jaxrec.engine.dispatch import DispatchWindow
-from jaxrec.engine.step import compiler_options, make_eval_step
-from jaxrec.ops.ranking import means, merge, metric_sums
+from jaxrec.ops.losses import real_item_rows
+from jaxrec.ops.ranking import means, merge, metric_sums, rank_of_target
+from jaxrec.tasks.next_item.batches import eval_batches
 from jaxrec.tasks.next_item.split import sample_eval_negatives
 
 
@@ -84,3 +86,41 @@ class LeaveOneOutEvaluator:
                 merge(sums, metric_sums(mesh_lib.to_host(rank_B), weight, self.ks, name))
             count += float(weight.sum())
         return means(sums, count, which)
+
+
+def make_eval_step(model, num_items: int, full_ranking: bool = True):
+    """Returns eval_step(params, batch) -> {protocol: B ranks} (0-based, pessimistic).
+
+    One rank per sampled protocol in batch['negatives'] ({'sampled': BxN, ...}) and 'full'.
+    """
+
+    def eval_step(params, batch):
+        # Left padding: the last position is the newest, and the only one scored.
+        inputs_BxL = model.inference_inputs(batch["inputs_BxL"], num_items)
+        user_inputs = {"user_BxF": batch["user_BxF"]} if "user_BxF" in batch else {}
+        h_Bx1xD, table_VxD = model.apply(
+            {"params": params}, inputs_BxL, deterministic=True, last_only=True, **user_inputs
+        )
+        user_BxD = h_Bx1xD[:, 0].astype(jnp.float32)
+        table_VxD = table_VxD.astype(jnp.float32)
+        targets_B = batch["targets_B"]
+        target_B = jnp.einsum("bd,bd->b", user_BxD, table_VxD[targets_B])
+        out = {}
+        for protocol, negatives_BxN in batch["negatives"].items():
+            scores_BxN = jnp.einsum("bd,bnd->bn", user_BxD, table_VxD[negatives_BxN])
+            out[protocol] = rank_of_target(target_B, scores_BxN)
+        if full_ranking:
+            scores_BxV = user_BxD @ table_VxD.T
+            ids_V = jnp.arange(table_VxD.shape[0])  # for the target; real_item_rows for the rest
+            batch_size = targets_B.shape[0]
+            seen_BxV = (
+                jnp.zeros(scores_BxV.shape, bool).at[jnp.arange(batch_size)[:, None], batch["history_BxH"]].set(True)
+            )
+            # Candidates: real items (not padding rows) outside the user's history, minus the target.
+            valid_BxV = (
+                real_item_rows(table_VxD.shape[0], num_items)[None] & ~seen_BxV & (ids_V[None] != targets_B[:, None])
+            )
+            out["full"] = rank_of_target(target_B, scores_BxV, valid_BxV)
+        return out
+
+    return eval_step

@@ -1,146 +1,140 @@
-"""The training loop: data, compile, train, validate, checkpoint, test the best checkpoint.
+"""The next-item task: leave-one-out split, length-bucketed batches, the `model.loss` of the next item at every
+position, and ranking metrics of each user's held-out item (sampled and full-catalogue protocols).
 
-The host never waits on a step to dispatch the next one: losses stay on device and are read
-once per epoch (and at progress updates), and every bucket's step is compiled ahead of the loop.
+Models: sasrec, bert4rec, gru4rec, mf, youtube_dnn (`jaxrec.models.protocols.NextItemModel`).
 """
 
 from __future__ import annotations
 
 import logging
-import time
-from pathlib import Path
 
 import jax
 import numpy as np
 
-from jaxrec import config as config_lib
+from jaxrec.config import ConfigError
 from jaxrec.data import load_dataset
-from jaxrec.data.datasets import user_inputs
-from jaxrec.data.pipeline import TrainBatches, parse_buckets, train_iterator
-from jaxrec.engine import mesh as mesh_lib
-from jaxrec.engine import run_dir
-from jaxrec.engine.checkpoint import RunCheckpoints
-from jaxrec.engine.loop import TrainingDiverged, fit, restore_latest  # noqa: F401  (TrainingDiverged: re-exported)
-from jaxrec.engine.step import compiler_options, init_state, make_optimizer, make_train_step
-from jaxrec.models import build_model, trains_on_whole_sequence, uses_user_inputs
+from jaxrec.data.datasets import ML1M_USER_FEATURE_ROWS, user_inputs
+from jaxrec.engine import state as state_lib
+from jaxrec.engine import step as step_lib
+from jaxrec.engine.task import TaskRun
+from jaxrec.models import build_model
+from jaxrec.tasks.next_item.batches import TrainBatches, parse_buckets
 from jaxrec.tasks.next_item.evaluation import LeaveOneOutEvaluator, draw_eval_negatives
+from jaxrec.tasks.next_item.loss import training_loss
 from jaxrec.tasks.next_item.split import leave_one_out
 
 log = logging.getLogger("jaxrec")
 
+BATCH_KEYS = ("inputs_BxL", "positives_BxL", "negatives_BxL")
 
-def compile_train_steps(train_step, state, plan: TrainBatches, options: dict | None = None, mesh=None):
-    """AOT-compiles the step once per bucket length; returns ({length: compiled}, seconds).
 
-    `options`: XLA compiler options (default: `compiler_options()` for this backend). With a `mesh`
-    the step takes and returns the state in its sharding (donated) and batches split over `data`.
-    """
-    options = compiler_options() if options is None else options
-    jitted = jax.jit(train_step, donate_argnums=0) if mesh is None else mesh_lib.jit_step(train_step, state, mesh)
-    start = time.perf_counter()
-    compiled = {}
+def make_loss(model, cfg, num_items: int, mesh=None):
+    """The task's loss (`jaxrec.engine.step`): `model.loss` of the next item (or the model's own targets)."""
+    target_fraction = model.target_fraction(cfg.model)  # a sparse share of positions with targets (the cloze)
+
+    def loss(params, model_state, task_state, batch, key):
+        user_inputs = {"user_BxF": batch["user_BxF"]} if "user_BxF" in batch else {}  # per-user inputs (MF)
+        batch = model.training_batch(batch, jax.random.fold_in(key, 1 << 29), cfg.model, num_items)
+        h_BxLxD, table_VxD = model.apply(
+            {"params": params}, batch["inputs_BxL"], deterministic=False, rngs={"dropout": key}, **user_inputs
+        )
+        loss_key = jax.random.fold_in(key, 1 << 30)  # gbce's negatives; independent of dropout
+        mean, count = training_loss(
+            cfg.model, num_items, h_BxLxD, table_VxD, batch, loss_key, mesh, target_fraction=target_fraction
+        )
+        return mean * count, (count, model_state, {})
+
+    return loss
+
+
+def init_variables(model, max_len: int):
+    """init(key) -> the model's variables, from a dummy history of `max_len` items."""
+    return lambda key: model.init({"params": key}, np.ones((1, max_len), np.int32), method=model.encode)
+
+
+def init_state(model, tx, cfg, mesh=None) -> state_lib.TrainState:
+    """The engine's initial state for `model` (sharded over `mesh` when given)."""
+    return state_lib.init_state(init_variables(model, cfg.model.max_len), tx, cfg.train.seed, mesh, cfg.mesh.fsdp)
+
+
+def make_train_step(model, tx, cfg, mesh=None, mean_positions_per_batch: float | None = None):
+    """The engine's step with this task's loss; `mean_positions_per_batch` (TrainBatches') is the gradient's
+    divisor when train.loss_normalizer is "epoch" (the reported loss is the batch's mean either way)."""
+    if cfg.train.loss_normalizer == "epoch" and not mean_positions_per_batch:
+        raise ValueError("train.loss_normalizer=epoch needs the mean positions per batch of the data")
+    divisor = mean_positions_per_batch if cfg.train.loss_normalizer == "epoch" else None
+    return step_lib.make_train_step(make_loss(model, cfg, model.num_items, mesh), tx, cfg.train.micro_batch, divisor)
+
+
+def example_batches(plan: TrainBatches) -> list[dict[str, np.ndarray]]:
+    """One zero batch per bucket length (the shapes the step is compiled for)."""
+    batches = []
     for length in plan.buckets:
-        shape = jax.ShapeDtypeStruct((plan.batch_size, length), np.int32)
-        batch = {k: shape for k in ("inputs_BxL", "positives_BxL", "negatives_BxL")}
+        batch = {k: np.zeros((plan.batch_size, length), np.int32) for k in BATCH_KEYS}
         if plan.user_table is not None:  # per-user model inputs (MF's user ids, YoutubeDNN's user features)
-            batch["user_BxF"] = jax.ShapeDtypeStruct((plan.batch_size, plan.user_table.shape[1]), np.int32)
-        compiled[length] = jitted.lower(state, batch).compile(compiler_options=options)
-    return compiled, time.perf_counter() - start
+            batch["user_BxF"] = np.zeros((plan.batch_size, plan.user_table.shape[1]), np.int32)
+        batches.append(batch)
+    return batches
 
 
-def log_memory(state, compiled) -> dict[str, float]:
-    """Logs (and returns) bytes per device of the state and of the largest bucket's compiled step."""
-    report = mesh_lib.memory_report(state, compiled)
-    log.info(
-        "memory per device: params %.3g MB (of %.3g MB), state %.3g MB; step temporaries %.3g MB",
-        report["params_bytes_per_device"] / 1e6,
-        report["params_bytes_total"] / 1e6,
-        report["state_bytes_per_device"] / 1e6,
-        report.get("step_temp_bytes", float("nan")) / 1e6,
-    )
-    for name, shape, size in mesh_lib.largest_hlo_values(compiled.as_text()):
-        log.info("  largest step value: %s %s %.1f MB", name, shape, size / 1e6)
-    return report
+class NextItemTask:
+    name = "next_item"
+    section = ""
+    unused_keys = ()
+    multi_process = True
+    one_cpu_device = False
+
+    def select_metrics(self, cfg) -> list[str]:
+        protocols = ("sampled", "full") if cfg.eval.full_ranking else ("sampled",)
+        if cfg.eval.popularity_negatives:
+            protocols += ("popsampled",)
+        known = [f"valid/mrr_{p}" for p in protocols]
+        return known + [f"valid/{m}@{k}_{p}" for p in protocols for m in ("hr", "ndcg") for k in cfg.eval.ks]
+
+    def validate(self, cfg) -> None:
+        if cfg.model.max_len < 2:
+            raise ConfigError("model.max_len must be >= 2")
+
+    def setup(self, cfg, mesh) -> TaskRun:
+        dataset = load_dataset(cfg.data)
+        split = leave_one_out(dataset, cfg.data.validation_users, cfg.data.seed)
+        buckets = parse_buckets(cfg.train.length_buckets, cfg.model.max_len)
+        model = build_model(
+            cfg.model, split.num_items, num_users=split.num_users, user_feature_rows=ML1M_USER_FEATURE_ROWS
+        )
+        # Models with per-user inputs (MF's user ids, YoutubeDNN's user features) get them in every batch.
+        users = user_inputs(dataset, cfg.data, model.uses_user_features) if model.uses_user_inputs else None
+        plan = TrainBatches(
+            split.train,
+            split.num_items,
+            cfg.model.max_len,
+            cfg.train.batch_size,
+            buckets,
+            cfg.train.seed,
+            users,
+            whole_sequence=model.trains_on_whole_sequence,
+        )
+        evaluator = LeaveOneOutEvaluator(split, draw_eval_negatives(split, cfg), model, cfg, buckets, users, mesh)
+        log.info(
+            "data %s: %d users, %d items, %d interactions; %d steps/epoch, buckets %s, %.0f%% padding",
+            dataset.name,
+            dataset.num_users,
+            split.num_items,
+            dataset.num_interactions,
+            plan.steps_per_epoch,
+            buckets,
+            100 * plan.padding_fraction,
+        )
+        divisor = plan.mean_positions_per_batch if cfg.train.loss_normalizer == "epoch" else None
+        return TaskRun(
+            model=model,
+            batches=plan,
+            example_batches=example_batches(plan),
+            init_variables=init_variables(model, cfg.model.max_len),
+            loss=make_loss(model, cfg, split.num_items, mesh),
+            evaluate=lambda state, which: evaluator.evaluate(state.params, which),
+            loss_divisor=divisor,
+        )
 
 
-def run(
-    cfg: config_lib.Config, workdir: str | Path, resume: bool = False, interrupt_after_epoch: int | None = None
-) -> dict[str, float]:
-    """Trains `cfg` in `workdir` and returns the final metrics (also written to metrics.json).
-
-    `interrupt_after_epoch` simulates a crash after that epoch's checkpoint (for tests).
-    """
-    if cfg.model.name == "pinnerformer":  # two-tower retrieval: temporal split, its own loop
-        from jaxrec.tasks.retrieval import task as retrieval_trainer
-
-        return retrieval_trainer.run(cfg, workdir, resume, interrupt_after_epoch)
-    if cfg.model.name in config_lib.CTR_MODELS:  # CTR ranking: time-split examples, AUC/GAUC, its own loop
-        from jaxrec.tasks.ctr import task as ctr_trainer
-
-        return ctr_trainer.run(cfg, workdir, resume, interrupt_after_epoch)
-    config_lib.validate(cfg)
-    mesh = mesh_lib.make_mesh(cfg.mesh.data, cfg.mesh.model)
-    mesh_lib.check_batch_sizes(cfg, mesh)
-    workdir = Path(workdir)
-    resumed = run_dir.check_workdir(workdir, cfg, resume)  # reads only: nothing is written before the inputs pass
-
-    dataset = load_dataset(cfg.data)
-    split = leave_one_out(dataset, cfg.data.validation_users, cfg.data.seed)
-    buckets = parse_buckets(cfg.train.length_buckets, cfg.model.max_len)
-    model = build_model(cfg.model, split.num_items, num_users=split.num_users)
-    # Models with per-user inputs (MF's user ids, YoutubeDNN's user features) get them in every batch.
-    users = user_inputs(dataset, cfg.data, cfg.model.user_features) if uses_user_inputs(model) else None
-    plan = TrainBatches(
-        split.train,
-        split.num_items,
-        cfg.model.max_len,
-        cfg.train.batch_size,
-        buckets,
-        cfg.train.seed,
-        users,
-        whole_sequence=trains_on_whole_sequence(model),
-    )
-    negatives = draw_eval_negatives(split, cfg)
-    evaluator = LeaveOneOutEvaluator(split, negatives, model, cfg, buckets, users, mesh)
-    log.info(
-        "data %s: %d users, %d items, %d interactions; %d steps/epoch, buckets %s, %.0f%% padding",
-        dataset.name,
-        dataset.num_users,
-        split.num_items,
-        dataset.num_interactions,
-        plan.steps_per_epoch,
-        buckets,
-        100 * plan.padding_fraction,
-    )
-
-    tx = make_optimizer(cfg)
-    state = init_state(model, tx, cfg, mesh)
-    steps, compile_seconds = compile_train_steps(
-        make_train_step(model, tx, cfg, mesh, plan.mean_positions_per_batch), state, plan, mesh=mesh
-    )
-    run_dir.write_config(workdir, cfg, resumed)  # the first write: the model compiled; process 0 writes run files
-    checkpoints = RunCheckpoints(workdir)
-    state, record = restore_latest(checkpoints, state, workdir, resume)  # same shapes and shardings
-    log.info(
-        "compiled %d train step shapes in %.1f s on a %s mesh",
-        len(steps),
-        compile_seconds,
-        "x".join(f"{name}={size}" for name, size in mesh.shape.items()),
-    )
-    log_memory(state, steps[max(steps)])
-    rows = mesh_lib.process_rows(cfg.train.batch_size, mesh)
-    return fit(
-        cfg,
-        workdir,
-        checkpoints,
-        state,
-        record,
-        # The batch's bucket; this process's rows become one global array split over `data`.
-        lambda state, batch: steps[batch["inputs_BxL"].shape[1]](state, mesh_lib.put_batch(batch, mesh)),
-        train_iterator(plan, int(state.step), cfg.train.num_epochs * plan.steps_per_epoch, rows=rows),
-        plan.steps_per_epoch,
-        lambda state, which: evaluator.evaluate(state.params, which),
-        cfg.eval.select_metric,
-        compile_seconds,
-        interrupt_after_epoch,
-    )
+NEXT_ITEM = NextItemTask()

@@ -1,60 +1,25 @@
-"""The two-tower train step: user tower, item tower, negatives, frequency estimate, sampled softmax.
+"""The two-tower loss: user tower, item tower, negatives, frequency estimate, sampled softmax.
 
 Legend: B users per batch, L history length, P examples per user, N = B x P examples, M candidates,
 D embedding width, V item-table rows.
 
-One jitted step (static shapes) does, in order: update the streaming frequency estimate with the
-batch's positives (count-min sketch or Yi et al.'s estimator, part of the state, so it is
-checkpointed), draw the negatives (`retrieval.negatives`), and take an Adam step on the sampled
-softmax with logQ correction (`retrieval.logq`) at a learnable or fixed temperature.
+A step (`jaxrec.engine.step`) does, in order: update the streaming frequency estimate with the batch's
+positives (count-min sketch or Yi et al.'s estimator: the task state, so it is checkpointed), draw the
+negatives (`retrieval.negatives`), and take the gradient of the sampled softmax with logQ correction
+(`retrieval.logq`) at a learnable or fixed temperature.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
 
-import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from jaxrec.config import Config
-from jaxrec.engine.step import RNG_IMPL
 from jaxrec.ops import sampling
 from jaxrec.ops.losses import sampled_softmax_loss, temperature, temperature_param
-
-
-@flax.struct.dataclass
-class RetrievalState:
-    step: jax.Array  # int32 scalar: optimizer steps taken
-    params: Any  # {"model": tower parameters, "log_tau": learnable temperature (absent when fixed)}
-    opt_state: Any  # optax state
-    frequency: Any  # CountMinSketch | StreamingFrequency | None (exact counts live in the step's closure)
-    rng_data: jax.Array  # raw key data of the base rng; step keys are fold_in(rng, step)
-
-
-def init_state(model, tx, cfg: Config, example_batch: dict[str, np.ndarray]) -> RetrievalState:
-    key = jax.random.key(cfg.train.seed, impl=RNG_IMPL)
-    init_key, base_key = jax.random.split(key)
-    inputs = {k: v[:1] for k, v in example_batch.items() if not k.endswith("_BxP")}
-    params = {"model": jax.jit(lambda k: model.init({"params": k}, inputs)["params"])(init_key)}
-    if cfg.retrieval.temperature == 0.0:
-        params["log_tau"] = jnp.asarray(temperature_param(cfg.retrieval.temperature_init), jnp.float32)
-    r = cfg.retrieval
-    frequency = None
-    if r.frequency == "count_min":
-        frequency = sampling.cms_init(r.sketch_depth, r.sketch_width, cfg.train.seed)
-    elif r.frequency == "youtube":
-        frequency = sampling.youtube_init(r.sketch_depth, r.sketch_width, cfg.train.seed)
-    return RetrievalState(
-        step=jnp.zeros((), jnp.int32),
-        params=params,
-        opt_state=tx.init(params),
-        frequency=frequency,
-        rng_data=jax.random.key_data(base_key),
-    )
 
 
 def _log_freq(cfg: Config, frequency, exact_log_p_V, examples: int):
@@ -89,18 +54,54 @@ def _positive_log_q(cfg: Config, positive_ids_N, log_freq, num_items: int):
     return math.log(r.num_sampled) + log_p
 
 
-def make_optimizer(cfg: Config) -> optax.GradientTransformation:
-    return optax.adam(cfg.train.learning_rate, b1=cfg.train.adam_b1, b2=cfg.train.adam_b2)
+def init_frequency(cfg: Config):
+    """The streaming frequency estimate `retrieval.frequency` asks for (the task state; None for exact counts)."""
+    r = cfg.retrieval
+    if r.frequency == "count_min":
+        return sampling.cms_init(r.sketch_depth, r.sketch_width, cfg.train.seed)
+    if r.frequency == "youtube":
+        return sampling.youtube_init(r.sketch_depth, r.sketch_width, cfg.train.seed)
+    return None
 
 
-def make_train_step(model, tx, cfg: Config, num_items: int, exact_counts_V: np.ndarray, item_features=None):
-    """Returns train_step(state, batch) -> (state, {"loss", "temperature", "accidental_hits"})."""
+def update_frequency(cfg: Config):
+    """update(frequency, batch, step) -> the estimate after the batch's positives, before the step's loss."""
+    r = cfg.retrieval
+
+    def update(frequency, batch, step):
+        positives = batch["positives_BxP"]
+        if r.frequency == "count_min":
+            return sampling.cms_update(frequency, positives)
+        if r.frequency == "youtube":
+            return sampling.youtube_update(frequency, positives, step + 1, r.youtube_alpha)
+        return frequency
+
+    return update
+
+
+def init_params(model, cfg: Config, example_batch: dict[str, np.ndarray]):
+    """init(key) -> {"params": {"model": tower parameters, "log_tau": learnable temperature (absent when fixed)}}."""
+    inputs = {k: v[:1] for k, v in example_batch.items() if not k.endswith("_BxP")}
+    log_tau = temperature_param(cfg.retrieval.temperature_init)  # a Python float, outside the traced init
+
+    def init(key):
+        params = {"model": model.init({"params": key}, inputs)["params"]}
+        if cfg.retrieval.temperature == 0.0:
+            params["log_tau"] = jnp.asarray(log_tau, jnp.float32)
+        return {"params": params}
+
+    return init
+
+
+def make_loss(model, cfg: Config, num_items: int, exact_counts_V: np.ndarray, item_features=None):
+    """The task's loss (`jaxrec.engine.step`): sampled softmax over the negatives, with count 1 (a mean);
+    metrics "temperature" and "accidental_hits"."""
     r = cfg.retrieval
     # Exact frequencies (and the popularity sampler's law) from training counts; add-one keeps log finite.
     exact_log_p_V = jnp.asarray(sampling.item_log_probs(exact_counts_V, smoothing=1.0))
     features_VxC = None if item_features is None else jnp.asarray(item_features, jnp.float32)
 
-    def loss_fn(params, frequency, batch, key):
+    def loss(params, model_state, frequency, batch, key):
         dropout_key, sample_key = jax.random.split(key)
         inputs = {k: v for k, v in batch.items() if not k.endswith("_BxP")}
         h_BxLxD = model.apply(
@@ -133,20 +134,7 @@ def make_train_step(model, tx, cfg: Config, num_items: int, exact_counts_V: np.n
             remove_accidental_hits=r.remove_accidental_hits,
             per_user_ids_N=jnp.repeat(jnp.arange(batch_size), per_user) if r.per_user_loss else None,
         )
-        return loss, {"temperature": jnp.asarray(tau, jnp.float32), "accidental_hits": aux["accidental_hits"]}
+        metrics = {"temperature": jnp.asarray(tau, jnp.float32), "accidental_hits": aux["accidental_hits"]}
+        return loss, (jnp.ones((), jnp.float32), model_state, metrics)
 
-    def train_step(state: RetrievalState, batch):
-        key = jax.random.fold_in(jax.random.wrap_key_data(state.rng_data, impl=RNG_IMPL), state.step)
-        positives = batch["positives_BxP"]
-        frequency = state.frequency
-        if r.frequency == "count_min":
-            frequency = sampling.cms_update(frequency, positives)
-        elif r.frequency == "youtube":
-            frequency = sampling.youtube_update(frequency, positives, state.step + 1, r.youtube_alpha)
-        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, frequency, batch, key)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, frequency=frequency)
-        return new_state, {"loss": loss, **metrics}
-
-    return train_step
+    return loss

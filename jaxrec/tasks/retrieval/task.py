@@ -1,18 +1,16 @@
-"""The two-tower training loop (model.name = pinnerformer): temporal split, train, validate, test.
+"""The retrieval task (two-tower models: pinnerformer): temporal split, sampled softmax, temporal evaluation.
 
 Split: a global cut-off keeps the last `retrieval.test_fraction` of interactions (in time) for test;
 of the events before it, the last `retrieval.valid_fraction` validate. Training examples come from
 the events before the validation cut-off only; validation picks the best checkpoint by
-valid/recall@K (K = the first of `retrieval.ks`); the test evaluates that checkpoint with every
-event before the test cut-off as history. Outputs follow the leave-one-out trainer's contract
-(config.json, metrics.jsonl, metrics.json, checkpoints/{latest,best}, --resume).
+`eval.select_metric` (a valid/recall@K of `retrieval.ks`); the test evaluates that checkpoint with every
+event before the test cut-off as history.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import time
 from pathlib import Path
 
 import jax.numpy as jnp
@@ -20,18 +18,16 @@ import numpy as np
 
 from jaxrec import config as config_lib
 from jaxrec.data.events import FEATURE_COLUMNS, EventDataset, load_events
-from jaxrec.data.pipeline import train_iterator
 from jaxrec.data.types import DataError
-from jaxrec.engine import mesh as mesh_lib
-from jaxrec.engine import run_dir
 from jaxrec.engine.checkpoint import RunCheckpoints
-from jaxrec.engine.loop import fit, restore_latest
-from jaxrec.engine.step import compiler_options
+from jaxrec.engine.task import TaskRun
+from jaxrec.engine.train import build_state
 from jaxrec.models import build_model
 from jaxrec.models.pinnerformer import EVENT_FEATURES
 from jaxrec.tasks.retrieval.batches import RetrievalBatches
-from jaxrec.tasks.retrieval.loss import init_state, make_optimizer, make_train_step
+from jaxrec.tasks.retrieval.loss import init_frequency, init_params, make_loss, update_frequency
 from jaxrec.tasks.retrieval.temporal import TemporalEvalConfig, evaluate, temporal_split, user_embedder
+from jaxrec.tasks.shared import NEXT_ITEM_ONLY_KEYS
 
 log = logging.getLogger("jaxrec")
 
@@ -116,6 +112,51 @@ def _prepare(cfg: config_lib.Config):
     return events, test_split, valid_split, plan, counts, item_features
 
 
+class RetrievalTask:
+    name = "retrieval"
+    section = "retrieval"
+    unused_keys = NEXT_ITEM_ONLY_KEYS  # examples per user or per row, temporal or AUC evaluation
+    multi_process = False
+    one_cpu_device = False
+
+    def select_metrics(self, cfg) -> list[str]:
+        return [f"valid/recall@{k}" for k in cfg.retrieval.ks]
+
+    def validate(self, cfg) -> None:  # the retrieval section's ranges: config.validate
+        pass
+
+    def setup(self, cfg, mesh=None) -> TaskRun:
+        events, test_split, valid_split, plan, counts, item_features = _prepare(cfg)
+        check_event_features(events, cfg)
+        model = build_model(cfg.model, events.num_items)
+        log.info(
+            "events %s: %d users, %d items, %d events; %d train users, %d valid users, %d test users; %d steps/epoch",
+            events.name,
+            events.num_users,
+            events.num_items,
+            events.num_events,
+            plan.users.size,
+            valid_split.test_users.size,
+            test_split.test_users.size,
+            plan.steps_per_epoch,
+        )
+        splits = {"valid": valid_split, "test": test_split}
+        return TaskRun(
+            model=model,
+            batches=plan,
+            example_batches=[plan(0)],
+            init_variables=init_params(model, cfg, plan(0)),
+            loss=make_loss(model, cfg, events.num_items, counts, item_features),
+            evaluate=lambda state, which: _evaluate(model, state.params, splits[which], cfg, which, item_features),
+            init_task_state=lambda: init_frequency(cfg),
+            update_task_state=update_frequency(cfg),
+            entry_extras=lambda metrics: {"train/temperature": float(metrics["temperature"])},
+        )
+
+
+RETRIEVAL = RetrievalTask()
+
+
 def evaluate_checkpoint(workdir, overrides: list[str] = (), which: str = "best") -> dict[str, float]:
     """Test metrics of a finished run's checkpoint under another evaluation setting.
 
@@ -126,68 +167,12 @@ def evaluate_checkpoint(workdir, overrides: list[str] = (), which: str = "best")
     cfg = config_lib.from_dict(json.loads((workdir / "config.json").read_text()))
     changed = config_lib.apply_overrides(cfg, list(overrides))
     config_lib.validate(changed)
-    events, test_split, _, plan, counts, item_features = _prepare(cfg)
-    model = build_model(cfg.model, events.num_items)
-    state = init_state(model, make_optimizer(cfg), cfg, plan(0))
+    task_run = RETRIEVAL.setup(cfg)
+    _, state = build_state(task_run, cfg, mesh=None)
     checkpoints = RunCheckpoints(workdir)
     try:
         state, _ = checkpoints.restore(which, state)
     finally:
         checkpoints.close()
-    return _evaluate(model, state.params, test_split, changed, "test", item_features)
-
-
-def run(cfg: config_lib.Config, workdir, resume: bool = False, interrupt_after_epoch: int | None = None):
-    """Trains and evaluates a two-tower model as `cfg` says; returns the final metrics (also in metrics.json)."""
-    config_lib.validate(cfg)
-    mesh = mesh_lib.make_mesh(cfg.mesh.data, cfg.mesh.model)
-    mesh_lib.check_batch_sizes(cfg, mesh, single_process="the retrieval trainer")
-    workdir = Path(workdir)
-    resumed = run_dir.check_workdir(workdir, cfg, resume)  # reads only: nothing is written before the inputs pass
-    r = cfg.retrieval
-
-    events, test_split, valid_split, plan, counts, item_features = _prepare(cfg)
-    check_event_features(events, cfg)
-    model = build_model(cfg.model, events.num_items)
-    log.info(
-        "events %s: %d users, %d items, %d events; %d train users, %d valid users, %d test users; %d steps/epoch",
-        events.name,
-        events.num_users,
-        events.num_items,
-        events.num_events,
-        plan.users.size,
-        valid_split.test_users.size,
-        test_split.test_users.size,
-        plan.steps_per_epoch,
-    )
-
-    tx = make_optimizer(cfg)
-    # Item table rows split over `model`, batch rows over `data` (in-batch candidates: GSPMD gathers them).
-    state = mesh_lib.shard_state(init_state(model, tx, cfg, plan(0)), mesh, cfg.mesh.fsdp)
-    compile_start = time.perf_counter()
-    step_fn = make_train_step(model, tx, cfg, events.num_items, counts, item_features)
-    train_step = mesh_lib.compile_step(step_fn, state, plan(0), mesh, compiler_options())
-    compile_seconds = time.perf_counter() - compile_start
-    log.info("compiled the train step in %.1f s on a %s mesh", compile_seconds, dict(mesh.shape))
-
-    run_dir.write_config(workdir, cfg, resumed)  # the first write: the inputs are good and the model compiled
-    checkpoints = RunCheckpoints(workdir)
-    state, record = restore_latest(checkpoints, state, workdir, resume)  # same shapes and shardings
-
-    return fit(
-        cfg,
-        workdir,
-        checkpoints,
-        state,
-        record,
-        train_step,
-        train_iterator(plan, int(state.step), cfg.train.num_epochs * plan.steps_per_epoch),
-        plan.steps_per_epoch,
-        lambda state, which: _evaluate(
-            model, state.params, valid_split if which == "valid" else test_split, cfg, which, item_features
-        ),
-        f"valid/recall@{r.ks[0]}",
-        compile_seconds,
-        interrupt_after_epoch,
-        entry_extras=lambda metrics: {"train/temperature": float(metrics["temperature"])},
-    )
+    _, test_split, _, _, _, item_features = _prepare(cfg)
+    return _evaluate(task_run.model, state.params, test_split, changed, "test", item_features)

@@ -26,16 +26,15 @@ so modes with more points stay comparable):
     p90_coverage@10  smallest number of items making up 90% of all top-10 impressions, over the catalogue size
 Sums, weights and impression counts are kept in `MetricSums`, which merge by addition.
 
-Cost: every point is one user-tower pass over L events plus a BxI score block (top-K on device, in
-chunks of B points): Q = test users (once), + user-days with test events (daily), + test events
-(realtime; ~49k on the partial ML-1M). The BxI block suits catalogues up to ~10^6 items; beyond
-that, score in item chunks or use approximate retrieval.
+Cost: every point is one user-tower pass over L events plus a BxI score block (top-K on device by
+`jaxrec.ops.topk.top_k_scores`, in chunks of B points): Q = test users (once), + user-days with test
+events (daily), + test events (realtime; ~49k on the partial ML-1M). The BxI block suits catalogues
+up to ~10^6 items; beyond that, score in item chunks or use approximate retrieval.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Callable
 
 import jax
@@ -43,6 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxrec.data.events import EventDataset, history_batch
+from jaxrec.ops.topk import top_k_scores
 
 DAY = 86400  # seconds
 MODES = ("once", "daily", "realtime")
@@ -240,14 +240,8 @@ def chunk_sums(
     return MetricSums(sums=sums, impressions=impressions)
 
 
-@functools.partial(jax.jit, static_argnames="k")
-def _top_k(users_BxD, items_IxD, seen_BxS, k: int):
-    """Top-k item ids by dot product, padding row 0 and each row's seen items excluded."""
-    scores_BxI = jnp.dot(users_BxD.astype(jnp.float32), items_IxD.astype(jnp.float32).T)
-    scores_BxI = scores_BxI.at[:, 0].set(-jnp.inf)
-    scores_BxI = scores_BxI.at[jnp.arange(scores_BxI.shape[0])[:, None], seen_BxS].set(-jnp.inf)
-    values_BxK, top_BxK = jax.lax.top_k(scores_BxI, k)
-    return top_BxK, values_BxK > -jnp.inf
+# Jitted once for the module, not per `score_points` call: each evaluation reuses the compiled chunk shapes.
+_top_k_scores = jax.jit(top_k_scores, static_argnames=("k", "num_items"))
 
 
 def _seen_matrix(ds: EventDataset, users: np.ndarray, lengths: np.ndarray) -> np.ndarray:
@@ -284,7 +278,8 @@ def evaluate(
 
 def score_points(embed_users, item_embeddings, ds: EventDataset, points: Points, cfg, max_len: int) -> MetricSums:
     """The metric sums of `points`, in chunks of `cfg.batch_size` (the last one padded with empty histories)."""
-    items_IxD = jnp.asarray(item_embeddings)[: ds.num_items + 1]
+    # Scored in float32 whatever the towers' dtype: a bfloat16 tower would tie many near-equal items.
+    items_IxD = jnp.asarray(item_embeddings)[: ds.num_items + 1].astype(jnp.float32)
     k = min(max((*cfg.ks, 50 if ds.item_categories is not None else 10, 10)), ds.num_items)
     total = MetricSums(sums={}, impressions=np.zeros(ds.num_items + 1))
     size = cfg.batch_size
@@ -295,8 +290,10 @@ def score_points(embed_users, item_embeddings, ds: EventDataset, points: Points,
         lengths = np.pad(points.length[rows], (0, pad))
         batch = history_batch(ds, users, lengths, np.pad(points.time[rows], (0, pad)), max_len)
         seen = _seen_matrix(ds, users, lengths) if cfg.exclude_seen else np.zeros((size, 1), np.int32)
-        top_BxK, valid_BxK = _top_k(jnp.asarray(embed_users(batch)), items_IxD, jnp.asarray(seen), k)
-        top_BxK, valid_BxK = np.asarray(top_BxK)[: rows.size], np.asarray(valid_BxK)[: rows.size]
+        users_BxD = jnp.asarray(embed_users(batch), jnp.float32)
+        _, top_BxK = _top_k_scores(users_BxD, items_IxD, k=k, num_items=ds.num_items, exclude_BxH=jnp.asarray(seen))
+        top_BxK = np.asarray(top_BxK)[: rows.size]
+        valid_BxK = top_BxK >= 0  # -1: fewer than k items left after excluding the seen ones
         part = chunk_sums(top_BxK, valid_BxK, points, rows, cfg.ks, ds.item_categories, ds.num_items)
         total = total.merge(part)
     return total

@@ -1,4 +1,4 @@
-"""grain input pipelines: fixed-shape, left-padded training batches and evaluation batches.
+"""The next-item task's batches: fixed-shape, left-padded training batches and evaluation batches.
 
 Batch keys (all int32):
   inputs_BxL     item history, left padded with 0
@@ -12,7 +12,7 @@ With `whole_sequence` (models that build their own targets from the sequence, e.
 
 Batches are padded to one of a few static lengths ("length buckets"), each compiled once: users
 are grouped by history length so a batch of short histories is not padded to max_len. Because a
-slot's position does not depend on the padding before it (`jaxrec.models.sasrec.position_rows`), a
+slot's position does not depend on the padding before it (`jaxrec.layers.embeddings.position_rows`), a
 bucketed batch computes what the same batch padded to max_len would; only the grouping of users into
 batches changes.
 Every batch is a pure function of (seed, step), so training resumes with the same data order.
@@ -20,8 +20,9 @@ Every batch is a pure function of (seed, step), so training resumes with the sam
 
 from __future__ import annotations
 
-import grain
 import numpy as np
+
+from jaxrec.data.negatives import left_pad, sample_negatives
 
 
 def parse_buckets(spec: str, max_len: int) -> tuple[int, ...]:
@@ -50,29 +51,6 @@ def parse_buckets(spec: str, max_len: int) -> tuple[int, ...]:
 def bucket_of(lengths: np.ndarray, buckets: tuple[int, ...]) -> np.ndarray:
     """Index of the smallest bucket that holds each length."""
     return np.searchsorted(np.asarray(buckets), np.minimum(lengths, buckets[-1]), side="left")
-
-
-def left_pad(seqs: list[np.ndarray], length: int) -> np.ndarray:
-    """Last `length` items of each sequence, left padded with 0: len(seqs) x length int32."""
-    out = np.zeros((len(seqs), length), np.int32)
-    for row, seq in enumerate(seqs):
-        tail = seq[-length:]
-        if len(tail):
-            out[row, length - len(tail) :] = tail
-    return out
-
-
-def sample_negatives(rng: np.random.Generator, exclude_sorted: np.ndarray, num_items: int, shape) -> np.ndarray:
-    """Uniform items in 1..num_items not in `exclude_sorted` (rejection sampling, vectorised)."""
-    out = rng.integers(1, num_items + 1, size=shape, dtype=np.int32)
-    if len(exclude_sorted) >= num_items:
-        return out  # nothing to exclude from: the user saw the whole catalogue
-    while True:
-        pos = np.searchsorted(exclude_sorted, out)
-        bad = exclude_sorted[np.minimum(pos, len(exclude_sorted) - 1)] == out
-        if not bad.any():
-            return out
-        out[bad] = rng.integers(1, num_items + 1, size=int(bad.sum()), dtype=np.int32)
 
 
 class TrainBatches:
@@ -167,28 +145,6 @@ class TrainBatches:
                 rng, self.exclude[u], self.num_items, int(valid.sum())
             )
         return batch
-
-
-class ProcessRows:
-    """grain transform: the rows of step's batch that this process feeds (picklable, unlike a lambda)."""
-
-    def __init__(self, plan, rows: slice | None):
-        self.plan, self.rows = plan, rows
-
-    def __call__(self, step: int) -> dict[str, np.ndarray]:
-        # Plans without a rows argument (the CTR and retrieval trainers' single-device plans) get the step only.
-        return self.plan(step) if self.rows is None else self.plan(step, self.rows)
-
-
-def train_iterator(plan: TrainBatches, start_step: int, num_steps: int, prefetch: int = 4, rows: slice | None = None):
-    """A prefetching grain iterator over steps [start_step, num_steps) of `plan`.
-
-    `rows`: the share of each batch this process builds (multi-host data parallelism: every process
-    walks the same steps and produces only its devices' rows; see `jaxrec.engine.mesh.process_rows`).
-    """
-    dataset = grain.MapDataset.range(num_steps).map(ProcessRows(plan, rows))[start_step:]
-    # One host thread builds batches ahead of the step; the other core stays with XLA.
-    return iter(dataset.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=prefetch)))
 
 
 def eval_batches(
