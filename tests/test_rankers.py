@@ -223,7 +223,7 @@ def _perturbed(state, seed: int = 0):
     def shift(x):
         return np.asarray(x, np.float64) + 0.2 * np.asarray(jax.random.normal(next(keys), x.shape))
 
-    params, stats = jax.tree.map(shift, state.params), jax.tree.map(shift, state.model_state["batch_stats"])
+    params, stats = jax.tree.map(shift, state.params), jax.tree.map(shift, state.model_state.get("batch_stats", {}))
     stats = jax.tree_util.tree_map_with_path(lambda p, x: np.abs(x) if p[-1].key == "var" else x, stats)
     return params, stats
 

@@ -88,7 +88,8 @@ def test_event_features_found_and_used_are_logged_and_overflowing_ids_refused(ca
     from jaxrec.data.events import load_events
     from jaxrec.tasks.retrieval.task import check_event_features
 
-    cfg = config_lib.apply_overrides(config_lib.Config(), SMALL_SYNTHETIC + ["model.event_features=action,time"])
+    sets = SMALL_SYNTHETIC + ["model.name=pinnerformer", "model.event_features=action,time"]
+    cfg = config_lib.apply_overrides(config_lib.Config(), sets)
     events = load_events(cfg.data)
     with caplog.at_level("INFO", logger="jaxrec"):
         check_event_features(events, cfg)

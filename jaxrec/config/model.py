@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from jaxrec.registry import MODELS
+
 
 class ConfigError(ValueError):
     """A config key or value that cannot be used."""
@@ -24,21 +26,16 @@ def check(*conditions: tuple[bool, str]) -> None:
 
 
 def config_class_of(name: str) -> type[ModelConfigBase]:
-    """The config class of model `name` (`jaxrec.models.config_class_of`: ConfigError naming the known models).
-
-    The registry is imported on first use, the one place this package reaches the models: the model
-    modules import this package for their base classes, so it cannot import them at import time.
-    """
-    from jaxrec import models
-
-    return models.config_class_of(name)
+    """The config class of model `name` in the registry (`jaxrec.registry`); ConfigError naming the known models."""
+    try:
+        return MODELS[name].config_class
+    except KeyError:
+        raise ConfigError(f"unknown model {name!r} (model.name); known: {', '.join(MODELS)}") from None
 
 
 def registered_config_classes() -> dict[str, type[ModelConfigBase]]:
     """Model name -> config class, for every registered model."""
-    from jaxrec import models
-
-    return {name: cls.config_class for name, cls in models.MODELS.items()}
+    return {name: cls.config_class for name, cls in MODELS.items()}
 
 
 LOSSES = ("bce", "bpr", "ce", "ce_chunked", "gbce", "sampled")

@@ -15,16 +15,20 @@ from jaxrec.models.protocols import PROTOCOLS, CTRModel, NextItemDefaults, NextI
 from jaxrec.models.rankers import BST, DIN, RANKERS, WDL, RankerConfig, WDLSeq, build_ranker
 from jaxrec.models.sasrec import SASRec, SASRecConfig
 from jaxrec.models.youtube_dnn import YoutubeDNN, YoutubeDNNConfig
+from jaxrec.registry import MODELS
 
-MODELS = {
-    "sasrec": SASRec,
-    "bert4rec": BERT4Rec,
-    "gru4rec": GRU4Rec,
-    "mf": MF,
-    "youtube_dnn": YoutubeDNN,
-    "pinnerformer": PinnerFormer,
-    **RANKERS,  # CTR rankers (wdl, wdl_seq, din, bst): built by build_ranker
-}
+# The registry (`jaxrec.registry.MODELS`, which the config package reads too): one line per model.
+MODELS.update(
+    {
+        "sasrec": SASRec,
+        "bert4rec": BERT4Rec,
+        "gru4rec": GRU4Rec,
+        "mf": MF,
+        "youtube_dnn": YoutubeDNN,
+        "pinnerformer": PinnerFormer,
+        **RANKERS,  # CTR rankers (wdl, wdl_seq, din, bst): built by build_ranker
+    }
+)
 
 
 def model_class(name: str):
