@@ -1,7 +1,7 @@
 """Vocabulary parallelism at catalogue scale, on 8 host devices (the script sets the XLA flag itself).
 
   python benchmarks/scale_bench.py [--part all|ce|train] [--out FILE]
-  python benchmarks/scale_bench.py --smoke      # tiny sizes, seconds (tests/test_vocab_parallel.py runs it)
+  python benchmarks/scale_bench.py --smoke      # tiny sizes, seconds (tests/ops/test_vocab_parallel.py runs it)
 
 Part "ce": full-catalogue softmax CE, forward + backward (w.r.t. queries and table), the table P("model", None):
   gspmd_full       losses.softmax_ce_full under jit; XLA partitions the N x V logits itself

@@ -26,7 +26,7 @@ from jaxrec.engine import train as engine_train
 from jaxrec.tasks.next_item.batches import TrainBatches, parse_buckets
 from jaxrec.tasks.next_item.split import leave_one_out
 from tests.conftest import REPO, replace
-from tests.test_ctr import SYNTHETIC
+from tests.tasks.test_ctr import SYNTHETIC
 
 
 def _checkpointed_state(workdir: Path, which: str):

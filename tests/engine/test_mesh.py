@@ -208,8 +208,8 @@ def _epoch_losses(workdir):
 def test_retrieval_and_ctr_trainers_train_the_same_on_a_mesh(tmp_path, kind):
     """The two-tower and CTR trainers on a (data 2, model 2) mesh: the single-device losses and metrics."""
     from jaxrec import experiment
-    from tests.test_ctr import SYNTHETIC
-    from tests.test_retrieval import _config
+    from tests.tasks.test_ctr import SYNTHETIC
+    from tests.tasks.test_retrieval import _config
 
     if kind == "pinnerformer":
         cfg = replace(_config(), train=dict(num_epochs=2))
