@@ -85,7 +85,8 @@ def step_flops(model_cfg, num_items: int, batch: int, length: int, micro_batch: 
     """
     from jaxrec.layers.embeddings import vocab_rows
 
-    name, d, blocks = model_cfg.name, model_cfg.hidden, model_cfg.num_blocks
+    name, d = model_cfg.name, model_cfg.hidden
+    blocks = model_cfg.num_blocks if name != "mf" else 0  # MF has no blocks (and no num_blocks key)
     n = batch * length
     parts = {}
     if name == "sasrec":
@@ -131,14 +132,22 @@ def step_flops(model_cfg, num_items: int, batch: int, length: int, micro_batch: 
     return {"flops_per_step": 3 * forward, "flops_forward_by_part": parts}
 
 
-def load_config(case: str, overrides: list[str]):
+def load_config(case: str, overrides: list[str], smoke: bool = False):
+    """The case's config with `overrides`; with `smoke`, first SMOKE_OVERRIDES' keys that the model has."""
+    import dataclasses
+
     from jaxrec.config import apply_overrides, validate
 
     filename, case_overrides = CASES[case]
     spec = importlib.util.spec_from_file_location(f"config_{filename[:-3]}", REPO / "configs" / filename)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    cfg = apply_overrides(module.get_config(), case_overrides + overrides)
+    cfg = apply_overrides(module.get_config(), case_overrides)
+    if smoke:  # each model has its own keys: MF has no blocks
+        fields = {f"model.{f.name}" for f in dataclasses.fields(cfg.model)}
+        smoke_sets = [s for s in SMOKE_OVERRIDES if not s.startswith("model.") or s.split("=")[0] in fields]
+        cfg = apply_overrides(cfg, smoke_sets)
+    cfg = apply_overrides(cfg, overrides)
     validate(cfg)
     return cfg
 
@@ -167,7 +176,7 @@ def run_case(case: str, args, info: dict, peak: dict) -> dict:
     from jaxrec.models import build_model
     from jaxrec.tasks.next_item.task import init_state, make_train_step
 
-    cfg = load_config(case, args.set)
+    cfg = load_config(case, args.set, args.smoke)
     length = args.length or cfg.model.max_len
     model = build_model(cfg.model, args.num_items, num_users=args.num_users)
     batch, lengths_B, source = synthetic_batch(cfg, args.num_items, args.num_users, length, model.uses_user_inputs)
@@ -202,7 +211,7 @@ def run_case(case: str, args, info: dict, peak: dict) -> dict:
         "case": case,
         "model": cfg.model.name,
         "loss": cfg.model.loss,
-        "attention": cfg.model.attention,
+        "attention": getattr(cfg.model, "attention", None),  # models without attention (MF, GRU4Rec): none
         "overrides": CASES[case][1] + args.set,
         "batch_size": cfg.train.batch_size,
         "micro_batch": cfg.train.micro_batch,
@@ -279,7 +288,6 @@ def main(argv=None) -> list[dict]:
     args = parser.parse_args(argv)
     if args.smoke:
         args.cases = args.cases if args.cases != "*" else "sasrec_ml1m,mf_ml1m"
-        args.set = SMOKE_OVERRIDES + args.set
         args.num_items, args.num_users, args.steps, args.budget_s = 100, 50, 3, 1.0
     patterns = [p.strip() for p in args.cases.split(",") if p.strip()]
     selected = [c for c in CASES if any(fnmatch.fnmatch(c, p) for p in patterns)]

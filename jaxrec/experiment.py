@@ -31,11 +31,10 @@ def _value(cfg: config_lib.Config, key: str):
 
 
 def validate(cfg: config_lib.Config) -> Task:
-    """Checks `cfg` (ranges, the model's own checks, the task's) and refuses settings its task does not read;
+    """Checks `cfg` (ranges, the model's own checks, the task sections') and refuses settings its task does not read;
     returns the task. Raises ConfigError naming the key."""
     config_lib.validate(cfg)
     task = task_of(cfg)
-    task.validate(cfg)
     ignored = list(task.unused_keys)
     for section in SECTION_KEYS:
         if section != task.section:

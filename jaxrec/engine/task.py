@@ -58,10 +58,6 @@ class Task(Protocol):
         """The validation metrics `eval.select_metric` may name."""
         ...
 
-    def validate(self, cfg) -> None:
-        """Checks of the task's own section; raise ConfigError naming the key."""
-        ...
-
     def setup(self, cfg, mesh) -> TaskRun:
         """Loads the data, builds the model, batches and evaluation (logs what it found)."""
         ...

@@ -14,6 +14,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from jaxrec import experiment
+from jaxrec.config import Config
 from jaxrec.data.synthetic import generate
 from jaxrec.engine import mesh as mesh_lib
 from jaxrec.engine.compile import compile_steps
@@ -215,7 +216,7 @@ def test_retrieval_and_ctr_trainers_train_the_same_on_a_mesh(tmp_path, kind):
         cfg = replace(_config(), train=dict(num_epochs=2))
     else:
         cfg = replace(
-            _config(),
+            Config(),
             data=dataclasses.asdict(SYNTHETIC),
             model=dict(name="din", max_len=8, hidden=8, num_blocks=1, num_heads=1, dropout=0.0),
             train=dict(num_epochs=2, batch_size=64, learning_rate=5e-3),

@@ -51,9 +51,6 @@ class CTRTask:
     def select_metrics(self, cfg) -> list[str]:
         return ["valid/auc", "valid/gauc"]
 
-    def validate(self, cfg) -> None:  # the ctr section's ranges: config.validate
-        pass
-
     def setup(self, cfg, mesh=None) -> TaskRun:
         max_len = cfg.model.max_len
         data = build_ctr_data(cfg)

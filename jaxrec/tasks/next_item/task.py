@@ -11,7 +11,6 @@ import logging
 import jax
 import numpy as np
 
-from jaxrec.config import ConfigError
 from jaxrec.data import load_dataset
 from jaxrec.data.datasets import ML1M_USER_FEATURE_ROWS, user_inputs
 from jaxrec.engine import state as state_lib
@@ -90,10 +89,6 @@ class NextItemTask:
             protocols += ("popsampled",)
         known = [f"valid/mrr_{p}" for p in protocols]
         return known + [f"valid/{m}@{k}_{p}" for p in protocols for m in ("hr", "ndcg") for k in cfg.eval.ks]
-
-    def validate(self, cfg) -> None:
-        if cfg.model.max_len < 2:
-            raise ConfigError("model.max_len must be >= 2")
 
     def setup(self, cfg, mesh) -> TaskRun:
         dataset = load_dataset(cfg.data)

@@ -122,9 +122,6 @@ class RetrievalTask:
     def select_metrics(self, cfg) -> list[str]:
         return [f"valid/recall@{k}" for k in cfg.retrieval.ks]
 
-    def validate(self, cfg) -> None:  # the retrieval section's ranges: config.validate
-        pass
-
     def setup(self, cfg, mesh=None) -> TaskRun:
         events, test_split, valid_split, plan, counts, item_features = _prepare(cfg)
         check_event_features(events, cfg)
