@@ -79,8 +79,13 @@ def main(argv=None) -> int:
 
     # Logs and files come from process 0; the others only warn.
     level = logging.INFO if jax.process_index() == 0 else logging.WARNING
-    # force: importing the models (flax, absl) may have given the root logger a handler already
-    logging.basicConfig(level=level, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", force=True)
+    logging.basicConfig(level=level, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    # Importing orbax logs through absl, which has already called basicConfig (WARNING, plain format): take
+    # that handler over (only a plain StreamHandler: a test's capture handler stays as it is).
+    logging.getLogger().setLevel(level)
+    for handler in logging.getLogger().handlers:
+        if type(handler) is logging.StreamHandler:
+            handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
     for noisy in ("absl", "orbax"):  # orbax logs every save at INFO
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
