@@ -152,7 +152,8 @@ def state_shardings(state, param_axes, mesh: Mesh, fsdp: bool = False):
     `state.params`); an optimizer-state leaf takes those of the parameter its path ends with (Adam's
     opt_state/0/mu/<param path>); everything else is replicated.
     """
-    by_path = param_axes_by_path(param_axes)
+    # Longest parameter path first: the most specific match wins.
+    by_path = sorted(param_axes_by_path(param_axes).items(), key=lambda item: -len(item[0]))
 
     def leaf_sharding(path, leaf):
         shape = tuple(getattr(leaf, "shape", ()))
@@ -160,7 +161,7 @@ def state_shardings(state, param_axes, mesh: Mesh, fsdp: bool = False):
         logical = next(
             (
                 axes
-                for param, axes in sorted(by_path.items(), key=lambda item: -len(item[0]))
+                for param, axes in by_path
                 if (name == f"params/{param}" or name.endswith(f"/{param}")) and len(axes) == len(shape)
             ),
             (None,) * len(shape),

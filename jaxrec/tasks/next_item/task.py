@@ -59,10 +59,18 @@ def init_state(model, tx, cfg, mesh=None) -> state_lib.TrainState:
 def make_train_step(model, tx, cfg, mesh=None, mean_positions_per_batch: float | None = None):
     """The engine's step with this task's loss; `mean_positions_per_batch` (TrainBatches') is the gradient's
     divisor when train.loss_normalizer is "epoch" (the reported loss is the batch's mean either way)."""
-    if cfg.train.loss_normalizer == "epoch" and not mean_positions_per_batch:
-        raise ValueError("train.loss_normalizer=epoch needs the mean positions per batch of the data")
-    divisor = mean_positions_per_batch if cfg.train.loss_normalizer == "epoch" else None
+    divisor = loss_divisor(cfg, mean_positions_per_batch)
     return step_lib.make_train_step(make_loss(model, cfg, model.num_items, mesh), tx, cfg.train.micro_batch, divisor)
+
+
+def loss_divisor(cfg, mean_positions_per_batch: float | None) -> float | None:
+    """The gradient's divisor `train.loss_normalizer` asks for: the data's mean positions per batch ("epoch"),
+    or None, the batch's own count ("batch")."""
+    if cfg.train.loss_normalizer != "epoch":
+        return None
+    if not mean_positions_per_batch:
+        raise ValueError("train.loss_normalizer=epoch needs the mean positions per batch of the data")
+    return mean_positions_per_batch
 
 
 def example_batches(plan: TrainBatches) -> list[dict[str, np.ndarray]]:
@@ -120,7 +128,6 @@ class NextItemTask:
             buckets,
             100 * plan.padding_fraction,
         )
-        divisor = plan.mean_positions_per_batch if cfg.train.loss_normalizer == "epoch" else None
         return TaskRun(
             model=model,
             batches=plan,
@@ -128,7 +135,7 @@ class NextItemTask:
             init_variables=init_variables(model, cfg.model.max_len),
             loss=make_loss(model, cfg, split.num_items, mesh),
             evaluate=lambda state, which: evaluator.evaluate(state.params, which),
-            loss_divisor=divisor,
+            loss_divisor=loss_divisor(cfg, plan.mean_positions_per_batch),
         )
 
 

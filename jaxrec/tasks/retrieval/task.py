@@ -20,8 +20,8 @@ from jaxrec import config as config_lib
 from jaxrec.data.events import FEATURE_COLUMNS, EventDataset, load_events
 from jaxrec.data.types import DataError
 from jaxrec.engine.checkpoint import RunCheckpoints
+from jaxrec.engine.state import init_state, make_optimizer
 from jaxrec.engine.task import TaskRun
-from jaxrec.engine.train import build_state
 from jaxrec.models import build_model
 from jaxrec.models.pinnerformer import EVENT_FEATURES
 from jaxrec.tasks.retrieval.batches import RetrievalBatches
@@ -164,12 +164,14 @@ def evaluate_checkpoint(workdir, overrides: list[str] = (), which: str = "best")
     cfg = config_lib.from_dict(json.loads((workdir / "config.json").read_text()))
     changed = config_lib.apply_overrides(cfg, list(overrides))
     config_lib.validate(changed)
-    task_run = RETRIEVAL.setup(cfg)
-    _, state = build_state(task_run, cfg, mesh=None)
+    events, test_split, _, plan, _, item_features = _prepare(cfg)  # the data, read once
+    model = build_model(cfg.model, events.num_items)
+    # The state's structure only (restore overwrites its values): the same init as the run's (`build_state`).
+    init_variables, tx = init_params(model, cfg, plan(0)), make_optimizer(cfg.train)
+    state = init_state(init_variables, tx, cfg.train.seed, init_task_state=lambda: init_frequency(cfg))
     checkpoints = RunCheckpoints(workdir)
     try:
         state, _ = checkpoints.restore(which, state)
     finally:
         checkpoints.close()
-    _, test_split, _, _, _, item_features = _prepare(cfg)
-    return _evaluate(task_run.model, state.params, test_split, changed, "test", item_features)
+    return _evaluate(model, state.params, test_split, changed, "test", item_features)
